@@ -1,0 +1,244 @@
+"""Frozen, validated configuration: what the CLI builds from flags and what `model_dir` remembers.
+
+Flags are read only in `pipeline.cli`; everything else takes these objects. `ExperimentConfig` is saved as
+`model_dir/config.json` so later stages (evaluate, export, resumed training) need no repeated model flags.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from pipeline.checks import (
+    check_choice,
+    check_positive_int,
+    check_rate,
+    check_unique,
+    check_units,
+    invalid,
+)
+from pipeline.errors import ConfigError
+
+TASK_TYPES = ("binary", "regression")
+LOSSES_BY_TYPE = {"binary": ("log_loss",), "regression": ("mse", "huber")}
+METRICS_BY_TYPE = {"binary": ("auc", "log_loss"), "regression": ("rmse", "mae")}
+OUTPUT_ACTIVATIONS = ("sigmoid", "linear", "relu", "softplus", "exponential")
+HIDDEN_ACTIVATIONS = ("relu", "gelu", "silu", "tanh", "elu", "selu", "sigmoid", "linear")
+OPTIMIZERS = ("adam", "adagrad", "sgd", "rmsprop")
+FEATURE_KINDS = ("numeric",)
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureConfig:
+    """One raw input of the model, as named in the serving signature.
+
+    `dim` is the width of a numeric feature: 1 means a scalar column (`[batch]`), more means a vector
+    (`[batch, dim]`).
+    """
+
+    name: str
+    kind: str = "numeric"
+    dim: int = 1
+
+    def validate(self) -> None:
+        if not self.name:
+            raise invalid("feature.name", self.name, "must be a non-empty string")
+        check_choice(f"features[{self.name}].kind", self.kind, FEATURE_KINDS)
+        check_positive_int(f"features[{self.name}].dim", self.dim)
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskConfig:
+    """One task: which label column it learns and how (the seeds' `model_fn` spread this around).
+
+    `output_activation` and `metrics` default to what the task type implies (sigmoid with AUC and log-loss for
+    binary tasks, linear with RMSE and MAE for regression tasks).
+    """
+
+    name: str
+    label: str
+    type: str = "regression"
+    loss: str = "mse"
+    weight: float = 1.0
+    output_activation: str = ""
+    metrics: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.type in TASK_TYPES:
+            if not self.output_activation:
+                default = "sigmoid" if self.type == "binary" else "linear"
+                object.__setattr__(self, "output_activation", default)
+            if not self.metrics:
+                object.__setattr__(self, "metrics", METRICS_BY_TYPE[self.type])
+        object.__setattr__(self, "metrics", tuple(self.metrics))
+
+    def validate(self) -> None:
+        prefix = f"tasks[{self.name}]"
+        if not self.name:
+            raise invalid("task.name", self.name, "must be a non-empty string")
+        if not self.label:
+            raise invalid(f"{prefix}.label", self.label, "must be a non-empty column name")
+        check_choice(f"{prefix}.type", self.type, TASK_TYPES)
+        check_choice(f"{prefix}.loss", self.loss, LOSSES_BY_TYPE[self.type])
+        if not isinstance(self.weight, (int, float)) or not math.isfinite(self.weight) or self.weight < 0:
+            raise invalid(f"{prefix}.weight", self.weight, "must be a finite number >= 0")
+        check_choice(f"{prefix}.output_activation", self.output_activation, OUTPUT_ACTIVATIONS)
+        if self.loss == "log_loss" and self.output_activation != "sigmoid":
+            raise invalid(
+                f"{prefix}.output_activation", self.output_activation, "must be sigmoid for log_loss"
+            )
+        for metric in self.metrics:
+            check_choice(f"{prefix}.metrics", metric, METRICS_BY_TYPE[self.type])
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Architecture and sizes. `bottom_units` is used by shared-bottom, the expert fields by OMoE/MMoE."""
+
+    architecture: str = "mmoe"
+    features: tuple[FeatureConfig, ...] = ()
+    tasks: tuple[TaskConfig, ...] = ()
+    num_experts: int = 8
+    expert_units: tuple[int, ...] = (16,)
+    bottom_units: tuple[int, ...] = (113,)
+    tower_units: tuple[int, ...] = (8,)
+    dropout: float = 0.0
+    activation: str = "relu"
+
+    def validate(self) -> None:
+        if not self.features:
+            raise invalid("features", [], "must name at least one input feature")
+        if not self.tasks:
+            raise invalid("tasks", [], "must name at least one task")
+        for feature in self.features:
+            feature.validate()
+        for task in self.tasks:
+            task.validate()
+        check_unique("features", [f.name for f in self.features])
+        check_unique("tasks", [t.name for t in self.tasks])
+        check_positive_int("num_experts", self.num_experts)
+        check_units("expert_units", self.expert_units)
+        check_units("bottom_units", self.bottom_units)
+        check_units("tower_units", self.tower_units, allow_empty=True)
+        check_rate("dropout", self.dropout)
+        check_choice("activation", self.activation, HIDDEN_ACTIVATIONS)
+
+
+@dataclasses.dataclass(frozen=True)
+class SyntheticDataConfig:
+    """The MMoE paper's synthetic two-task regression data (section 3.2), as generated by the seeds.
+
+    `p` is the cosine similarity of the two tasks' weight vectors (task correlation), `c` scales them, `m` is
+    the number of sine terms. Train and eval examples come from the same task parameters (the seeds drew new
+    tasks on every call, so their eval data came from different tasks).
+    """
+
+    num_examples: int = 100_000
+    eval_examples: int = 10_000
+    dim: int = 100
+    c: float = 0.3
+    p: float = 0.8
+    m: int = 5
+    seed: int = 1
+
+    def validate(self) -> None:
+        check_positive_int("synthetic_examples", self.num_examples)
+        check_positive_int("synthetic_eval_examples", self.eval_examples)
+        check_positive_int("synthetic_dim", self.dim)
+        check_positive_int("synthetic_m", self.m)
+        if not -1.0 <= self.p <= 1.0:
+            raise invalid("synthetic_p", self.p, "must be a correlation in [-1, 1]")
+        if not self.c > 0:
+            raise invalid("synthetic_c", self.c, "must be > 0")
+        if self.dim < 2:
+            raise invalid("synthetic_dim", self.dim, "must be at least 2 (two orthogonal directions)")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Which data source feeds the model, and its settings."""
+
+    source: str = "synthetic"
+    synthetic: SyntheticDataConfig = SyntheticDataConfig()
+
+    def validate(self) -> None:
+        if self.source == "synthetic":
+            self.synthetic.validate()
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation and bookkeeping of the training loop."""
+
+    batch_size: int = 256
+    learning_rate: float = 1e-3
+    optimizer: str = "adam"
+    seed: int = 42
+    save_checkpoints_steps: int = 500
+    keep_checkpoint_max: int = 5
+    log_every_steps: int = 100
+    shuffle_buffer: int = 10_000
+
+    def validate(self) -> None:
+        check_positive_int("batch_size", self.batch_size)
+        if not isinstance(self.learning_rate, (int, float)) or not self.learning_rate > 0:
+            raise invalid("learning_rate", self.learning_rate, "must be > 0")
+        check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        check_positive_int("save_checkpoints_steps", self.save_checkpoints_steps)
+        check_positive_int("keep_checkpoint_max", self.keep_checkpoint_max)
+        check_positive_int("log_every_steps", self.log_every_steps)
+        check_positive_int("shuffle_buffer", self.shuffle_buffer)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+    """Everything a `model_dir` was trained with."""
+
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    train: TrainConfig = TrainConfig()
+
+    def validate(self) -> ExperimentConfig:
+        self.model.validate()
+        self.data.validate()
+        self.train.validate()
+        return self
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> ExperimentConfig:
+        return _from_dict(cls, json.loads(text))
+
+
+_NESTED = {
+    ("ModelConfig", "features"): FeatureConfig,
+    ("ModelConfig", "tasks"): TaskConfig,
+    ("DataConfig", "synthetic"): SyntheticDataConfig,
+    ("ExperimentConfig", "model"): ModelConfig,
+    ("ExperimentConfig", "data"): DataConfig,
+    ("ExperimentConfig", "train"): TrainConfig,
+}
+
+
+def _from_dict(cls: type, values: Mapping[str, Any]) -> Any:
+    """Rebuilds a config dataclass from `dataclasses.asdict` output (lists become tuples)."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"Unknown {cls.__name__} field(s): {', '.join(unknown)}")
+    kwargs = {}
+    for name, value in values.items():
+        nested = _NESTED.get((cls.__name__, name))
+        if nested is not None and isinstance(value, list):
+            value = tuple(_from_dict(nested, item) for item in value)
+        elif nested is not None:
+            value = _from_dict(nested, value)
+        elif isinstance(value, list):
+            value = tuple(value)
+        kwargs[name] = value
+    return cls(**kwargs)

@@ -1,0 +1,141 @@
+"""Experts mixed by gates: the shared part of OMoE (one gate) and MMoE (one gate per task)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import keras
+from keras import ops
+
+from pipeline.checks import check_positive_int, check_rate, check_units
+from pipeline.layers.gate import Gate
+from pipeline.layers.initializers import fresh_copy
+
+
+def default_expert_initializer(num_experts: int) -> keras.initializers.Initializer:
+    """Glorot-uniform for each expert's `[input_dim, units]` slice of the stacked `[E, in, out]` kernel.
+
+    Keras counts the leading expert axis as a receptive field and so divides the variance by `E`; scaling by
+    `E` gives every expert exactly the variance a separate `Dense` layer would get.
+    """
+    return keras.initializers.VarianceScaling(
+        scale=float(num_experts), mode="fan_avg", distribution="uniform"
+    )
+
+
+@keras.saving.register_keras_serializable(package="mtl")
+class MixtureOfExperts(keras.layers.Layer):
+    """`num_experts` expert MLPs mixed by `num_gates` softmax gates.
+
+    The experts are fused: each layer keeps one stacked kernel `[E, in, out]` and runs as one batched matmul
+    for all experts, rather than `E` small matmuls.
+
+    Input shape: `[batch, input_dim]`. Output: a list of `num_gates` tensors `[batch, expert_units[-1]]`,
+    gate `g`'s weighted sum of the expert outputs. `gate_weights` gives the mixture weights themselves.
+
+    Args:
+        num_experts: number of experts.
+        expert_units: layer sizes of every expert.
+        num_gates: 1 for OMoE (all tasks share the mixture), the number of tasks for MMoE.
+        activation: activation after every expert layer.
+        dropout: dropout rate on the expert outputs.
+        kernel_initializer: initializer of the stacked expert kernels (default: Glorot per expert).
+        bias_initializer: initializer of the expert biases.
+        gate_kernel_initializer: initializer of the gate kernels.
+
+    References:
+        Ma et al., "Modeling Task Relationships in Multi-task Learning with Multi-gate Mixture-of-Experts",
+        KDD 2018.
+    """
+
+    def __init__(
+        self,
+        num_experts: int,
+        expert_units: Sequence[int],
+        num_gates: int,
+        activation: str = "relu",
+        dropout: float = 0.0,
+        kernel_initializer: Any = None,
+        bias_initializer: Any = "zeros",
+        gate_kernel_initializer: Any = "glorot_uniform",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.num_experts = check_positive_int("num_experts", num_experts)
+        self.expert_units = check_units("expert_units", expert_units)
+        self.num_gates = check_positive_int("num_gates", num_gates)
+        self.activation = keras.activations.get(activation)
+        self.dropout = check_rate("dropout", dropout)
+        self.kernel_initializer = keras.initializers.get(
+            kernel_initializer or default_expert_initializer(num_experts)
+        )
+        self.bias_initializer = keras.initializers.get(bias_initializer)
+        self.gate_kernel_initializer = keras.initializers.get(gate_kernel_initializer)
+        self.gates = [
+            Gate(
+                num_experts,
+                kernel_initializer=fresh_copy(self.gate_kernel_initializer),
+                name=f"gate_{g}",
+            )
+            for g in range(num_gates)
+        ]
+        self.dropout_layer = keras.layers.Dropout(self.dropout) if self.dropout else None
+
+    def build(self, input_shape: tuple[int | None, ...]) -> None:
+        fan_in = input_shape[-1]
+        self.expert_kernels = []
+        self.expert_biases = []
+        for i, units in enumerate(self.expert_units):
+            self.expert_kernels.append(
+                self.add_weight(
+                    name=f"expert_kernel_{i}",
+                    shape=(self.num_experts, fan_in, units),
+                    initializer=self.kernel_initializer,
+                )
+            )
+            self.expert_biases.append(
+                self.add_weight(
+                    name=f"expert_bias_{i}",
+                    shape=(self.num_experts, units),
+                    initializer=self.bias_initializer,
+                )
+            )
+            fan_in = units
+        for gate in self.gates:
+            gate.build(input_shape)
+
+    def expert_outputs(self, inputs: Any, training: bool | None = None) -> Any:
+        """Every expert's output: `[batch, num_experts, expert_units[-1]]`."""
+        first_kernel, *other_kernels = self.expert_kernels
+        x = ops.einsum("bi,eio->beo", inputs, first_kernel)
+        x = self.activation(x + self.expert_biases[0])
+        for kernel, bias in zip(other_kernels, self.expert_biases[1:], strict=True):
+            x = self.activation(ops.einsum("bei,eio->beo", x, kernel) + bias)
+        if self.dropout_layer is not None:
+            x = self.dropout_layer(x, training=training)
+        return x
+
+    def gate_weights(self, inputs: Any) -> Any:
+        """Mixture weights of every gate: `[batch, num_gates, num_experts]`, summing to 1 over experts."""
+        return ops.stack([gate(inputs) for gate in self.gates], axis=1)
+
+    def call(self, inputs: Any, training: bool | None = None) -> list[Any]:
+        mixed = ops.einsum("bge,beo->bgo", self.gate_weights(inputs), self.expert_outputs(inputs, training))
+        return [mixed[:, g, :] for g in range(self.num_gates)]
+
+    def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> list[tuple]:
+        return [(input_shape[0], self.expert_units[-1])] * self.num_gates
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            **super().get_config(),
+            "num_experts": self.num_experts,
+            "expert_units": list(self.expert_units),
+            "num_gates": self.num_gates,
+            "activation": keras.activations.serialize(self.activation),
+            "dropout": self.dropout,
+            "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+            "bias_initializer": keras.initializers.serialize(self.bias_initializer),
+            "gate_kernel_initializer": keras.initializers.serialize(self.gate_kernel_initializer),
+        }

@@ -1,0 +1,40 @@
+"""The built-in architectures; each differs from the others only in its bottom.
+
+- `shared_bottom`: one MLP shared by all tasks (Caruana, 1997).
+- `omoe`: a mixture of experts with one gate shared by all tasks.
+- `mmoe`: a mixture of experts with one gate per task (Ma et al., KDD 2018).
+"""
+
+from __future__ import annotations
+
+import keras
+
+from pipeline.config import ModelConfig
+from pipeline.layers import MLP, MixtureOfExperts
+from pipeline.models.registry import register
+
+
+@register("shared_bottom")
+def shared_bottom(config: ModelConfig) -> keras.layers.Layer:
+    return MLP(config.bottom_units, activation=config.activation, dropout=config.dropout, name="bottom")
+
+
+def _mixture(config: ModelConfig, num_gates: int) -> keras.layers.Layer:
+    return MixtureOfExperts(
+        num_experts=config.num_experts,
+        expert_units=config.expert_units,
+        num_gates=num_gates,
+        activation=config.activation,
+        dropout=config.dropout,
+        name="experts",
+    )
+
+
+@register("omoe")
+def one_gate_mixture_of_experts(config: ModelConfig) -> keras.layers.Layer:
+    return _mixture(config, num_gates=1)
+
+
+@register("mmoe")
+def multi_gate_mixture_of_experts(config: ModelConfig) -> keras.layers.Layer:
+    return _mixture(config, num_gates=len(config.tasks))

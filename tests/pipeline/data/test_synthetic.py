@@ -1,0 +1,80 @@
+import dataclasses
+import itertools
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from pipeline.config import SyntheticDataConfig
+from pipeline.data import synthetic
+
+
+def _correlation(p: float, seed: int) -> float:
+    config = SyntheticDataConfig(num_examples=20_000, p=p, seed=seed)
+    _, labels = synthetic.generate(config, "train")
+    return float(np.corrcoef(labels["y1"], labels["y2"])[0, 1])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_label_correlation_rises_with_p(seed):
+    """The MMoE paper's Figure 2: the tasks' label correlation grows with the weight cosine p."""
+    ps = [0.0, 0.25, 0.5, 0.75, 0.9, 1.0]
+    correlations = [_correlation(p, seed) for p in ps]
+    assert all(a < b for a, b in itertools.pairwise(correlations)), correlations
+    assert abs(correlations[0]) < 0.05
+    assert correlations[-1] > 0.99
+
+
+def test_task_weights_have_the_requested_cosine_and_scale():
+    config = SyntheticDataConfig(p=0.6, c=0.3)
+    params = synthetic.task_parameters(config)
+    cosine = params.w1 @ params.w2 / (np.linalg.norm(params.w1) * np.linalg.norm(params.w2))
+    assert cosine == pytest.approx(0.6)
+    assert np.linalg.norm(params.w1) == pytest.approx(0.3)
+    assert np.linalg.norm(params.w2) == pytest.approx(0.3)
+
+
+def test_deterministic_and_splits_share_the_tasks():
+    config = SyntheticDataConfig(num_examples=100, eval_examples=50, seed=7)
+    x1, y1 = synthetic.generate(config, "train")
+    x2, y2 = synthetic.generate(config, "train")
+    np.testing.assert_array_equal(x1["inputs"], x2["inputs"])
+    np.testing.assert_array_equal(y1["y1"], y2["y1"])
+    eval_x, eval_y = synthetic.generate(config, "eval")
+    assert eval_x["inputs"].shape == (50, 100)
+    assert not np.allclose(eval_x["inputs"][:50], x1["inputs"][:50])
+    other = synthetic.generate(dataclasses.replace(config, seed=8), "train")[0]
+    assert not np.allclose(other["inputs"], x1["inputs"])
+
+
+def test_labels_follow_the_generating_formula():
+    config = SyntheticDataConfig(num_examples=500, seed=4)
+    params = synthetic.task_parameters(config)
+    x, labels = synthetic.generate(config, "train")
+    wx = x["inputs"].astype(np.float64) @ params.w1
+    expected = wx + np.sin(np.outer(wx, params.alpha) + params.beta).sum(axis=1)
+    # Only the N(0, 0.01²) noise remains.
+    assert np.std(labels["y1"] - expected) == pytest.approx(0.01, rel=0.1)
+    mean = np.sum(np.sin(params.beta) * np.exp(-(params.alpha**2) * config.c**2 / 2))
+    np.testing.assert_array_equal(labels["y1_binary"], (labels["y1"] > mean).astype(np.float32))
+    assert 0.2 < labels["y1_binary"].mean() < 0.8
+
+
+def test_training_batches_are_shuffled_repeated_and_full():
+    config = SyntheticDataConfig(num_examples=100, eval_examples=30)
+    train = synthetic.make_dataset(config, "train", batch_size=32, shuffle_seed=1, shuffle_buffer=100)
+    batches = list(train.take(5))  # 160 examples from 100: the data repeats
+    assert all(features["inputs"].shape == (32, 100) for features, _ in batches)
+    assert sorted(batches[0][1]) == sorted(synthetic.LABELS)
+    evaluation = synthetic.make_dataset(config, "eval", batch_size=16, shuffle_seed=1, shuffle_buffer=100)
+    sizes = [int(f["inputs"].shape[0]) for f, _ in evaluation]
+    assert sizes == [16, 14]  # one pass, last batch partial
+
+
+def test_sharded_per_input_pipeline():
+    config = SyntheticDataConfig(num_examples=10, eval_examples=10)
+    context = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=1)
+    data = synthetic.make_dataset(config, "eval", 100, 0, 10, input_context=context)
+    ((features, _),) = list(data)
+    full, _ = synthetic.generate(config, "eval")
+    np.testing.assert_array_equal(features["inputs"], full["inputs"][1::2])

@@ -1,0 +1,104 @@
+import dataclasses
+
+import keras
+import numpy as np
+import pytest
+
+from pipeline.config import FeatureConfig, ModelConfig, TaskConfig
+from pipeline.errors import ConfigError, UnknownNameError
+from pipeline.layers import Gate
+from pipeline.models import MultiTaskModel, model_fn, names
+
+PAPER_TASKS = (TaskConfig("y1", "y1"), TaskConfig("y2", "y2"))
+PAPER = ModelConfig(
+    architecture="mmoe",
+    features=(FeatureConfig("inputs", dim=100),),
+    tasks=PAPER_TASKS,
+    num_experts=8,
+    expert_units=(16,),
+    bottom_units=(113,),
+    tower_units=(8,),
+)
+TOWERS = 2 * ((16 * 8 + 8) + (8 + 1))  # two towers: 16 -> 8 -> 1
+
+
+def _inputs(batch: int = 4) -> dict:
+    return {"inputs": np.random.default_rng(0).normal(size=(batch, 100)).astype(np.float32)}
+
+
+@pytest.mark.parametrize(
+    "architecture, expected",
+    [
+        ("mmoe", 8 * (100 * 16 + 16) + 2 * (100 * 8) + TOWERS),  # 14,818
+        ("omoe", 8 * (100 * 16 + 16) + 1 * (100 * 8) + TOWERS),  # 14,018
+        ("shared_bottom", (100 * 113 + 113) + 2 * ((113 * 8 + 8) + (8 + 1))),  # 13,255
+    ],
+)
+def test_parameter_counts_of_the_papers_synthetic_sizes(architecture, expected):
+    model = model_fn(dataclasses.replace(PAPER, architecture=architecture))
+    assert model.count_params() == expected
+
+
+def test_omoe_has_one_gate_for_all_tasks_and_mmoe_one_per_task():
+    omoe = model_fn(dataclasses.replace(PAPER, architecture="omoe"))
+    mmoe = model_fn(PAPER)
+    assert len([layer for layer in omoe._flatten_layers() if isinstance(layer, Gate)]) == 1
+    assert len([layer for layer in mmoe._flatten_layers() if isinstance(layer, Gate)]) == 2
+    x = omoe.encoder(_inputs())
+    omoe_reps = omoe.bottom(x)
+    assert len(omoe_reps) == 1  # the one mixture every task reads
+    mmoe_reps = mmoe.bottom(x)
+    assert len(mmoe_reps) == 2 and not np.allclose(mmoe_reps[0], mmoe_reps[1])
+
+
+def test_each_tasks_gate_sums_to_one():
+    model = model_fn(PAPER)
+    weights = np.asarray(model.bottom.gate_weights(model.encoder(_inputs(16))))
+    assert weights.shape == (16, 2, 8)
+    np.testing.assert_allclose(weights.sum(axis=-1), np.ones((16, 2)), rtol=1e-5)
+
+
+@pytest.mark.parametrize("architecture", ["shared_bottom", "omoe", "mmoe"])
+def test_outputs_one_prediction_per_task_keeping_the_batch_rank(architecture):
+    model = model_fn(dataclasses.replace(PAPER, architecture=architecture))
+    for batch in (1, 5):
+        outputs = model(_inputs(batch))
+        assert sorted(outputs) == ["y1", "y2"]
+        assert all(value.shape == (batch,) for value in outputs.values())
+
+
+def test_binary_tasks_output_probabilities():
+    config = dataclasses.replace(PAPER, tasks=(TaskConfig("click", "click", type="binary", loss="log_loss"),))
+    predictions = np.asarray(model_fn(config)(_inputs(32))["click"])
+    assert ((predictions > 0) & (predictions < 1)).all()
+
+
+def test_get_config_round_trip():
+    model = model_fn(PAPER)
+    clone = MultiTaskModel.from_config(model.get_config())
+    clone.build_variables()
+    clone.set_weights(model.get_weights())
+    assert clone.config == model.config
+    for name, value in model(_inputs()).items():
+        np.testing.assert_allclose(clone(_inputs())[name], value, rtol=1e-6)
+
+
+def test_keras_save_and_load_round_trip(tmp_path):
+    model = model_fn(dataclasses.replace(PAPER, architecture="omoe"))
+    path = tmp_path / "model.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)  # safe mode: no Lambda layers anywhere
+    for name, value in model(_inputs()).items():
+        np.testing.assert_allclose(loaded(_inputs())[name], value, rtol=1e-6)
+
+
+def test_unknown_architecture_lists_the_valid_ones():
+    assert names() == ["mmoe", "omoe", "shared_bottom"]
+    with pytest.raises(UnknownNameError) as error:
+        model_fn(dataclasses.replace(PAPER, architecture="ple2"))
+    assert str(error.value) == "Unknown model 'ple2'. Valid models: mmoe, omoe, shared_bottom."
+
+
+def test_model_fn_validates_first():
+    with pytest.raises(ConfigError, match="num_experts=0"):
+        model_fn(dataclasses.replace(PAPER, num_experts=0))

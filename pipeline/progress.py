@@ -1,0 +1,64 @@
+"""Training progress a person can follow in the log, and the same figures as TensorBoard scalars."""
+
+from __future__ import annotations
+
+import datetime
+import time
+from collections.abc import Mapping
+
+import tensorflow as tf
+from absl import logging
+
+
+class TrainingProgress:
+    """Logs step, percentage, losses, throughput and ETA at each report, and writes them as summaries.
+
+    Args:
+        start_step: the step training resumes from.
+        max_steps: the step training stops at.
+        global_batch_size: examples per step over all replicas.
+        writer: where the scalars go (a no-op writer off the chief).
+    """
+
+    def __init__(
+        self,
+        start_step: int,
+        max_steps: int,
+        global_batch_size: int,
+        writer: tf.summary.SummaryWriter,
+    ) -> None:
+        self.max_steps = max_steps
+        self.global_batch_size = global_batch_size
+        self.writer = writer
+        self._last_step = start_step
+        self._last_time = time.perf_counter()
+        self.examples_per_sec = 0.0
+
+    def report(
+        self, step: int, total_loss: float, task_losses: Mapping[str, float], learning_rate: float
+    ) -> None:
+        now = time.perf_counter()
+        steps_per_sec = (step - self._last_step) / max(now - self._last_time, 1e-9)
+        self.examples_per_sec = steps_per_sec * self.global_batch_size
+        self._last_step, self._last_time = step, now
+        eta = datetime.timedelta(seconds=round((self.max_steps - step) / max(steps_per_sec, 1e-9)))
+        tasks = "  ".join(f"{name} {value:.4f}" for name, value in task_losses.items())
+        logging.info(
+            "step %d/%d (%d%%)  loss %.4f  [%s]  %s examples/s  %.1f steps/s  ETA %s",
+            step,
+            self.max_steps,
+            100 * step // self.max_steps,
+            total_loss,
+            tasks,
+            f"{self.examples_per_sec:,.0f}",
+            steps_per_sec,
+            eta,
+        )
+        with self.writer.as_default(step=step):
+            tf.summary.scalar("loss/total", total_loss)
+            for name, value in task_losses.items():
+                tf.summary.scalar(f"loss/{name}", value)
+            tf.summary.scalar("learning_rate", learning_rate)
+            tf.summary.scalar("steps_per_sec", steps_per_sec)
+            tf.summary.scalar("examples_per_sec", self.examples_per_sec)
+        self.writer.flush()

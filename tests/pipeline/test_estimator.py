@@ -1,0 +1,141 @@
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from pipeline import data
+from pipeline.config import TaskConfig
+from pipeline.errors import ConfigError, ModelDirError
+from pipeline.estimator import Estimator
+from tests.conftest import small_experiment
+
+
+def _input_fns(config):
+    return data.input_fn(config.data, "train", config.train), data.input_fn(config.data, "eval", config.train)
+
+
+def _weights(estimator):
+    return [np.asarray(v) for v in estimator.model.weights]
+
+
+@pytest.mark.parametrize("architecture", ["shared_bottom", "omoe", "mmoe"])
+def test_loss_falls_on_synthetic_data(tmp_path, architecture):
+    config = small_experiment(architecture)
+    train_fn, eval_fn = _input_fns(config)
+    estimator = Estimator(config, tmp_path)
+    estimator.train(train_fn, max_steps=5)
+    early = estimator.evaluate(eval_fn)
+    estimator.train(train_fn, max_steps=400)
+    late = estimator.evaluate(eval_fn)
+    assert late["global_step"] == 400
+    assert late["loss"] < 0.3 * early["loss"], (early["loss"], late["loss"])
+    for task in ("y1", "y2"):
+        assert late["tasks"][task]["loss"] < early["tasks"][task]["loss"]
+
+
+def test_resume_continues_the_step_counter_from_the_checkpoint(tmp_path):
+    config = small_experiment(save_checkpoints_steps=50)
+    train_fn, _ = _input_fns(config)
+    first = Estimator(config, tmp_path / "resumed")
+    first.train(train_fn, max_steps=50)
+    assert tf.train.latest_checkpoint(str(tmp_path / "resumed")).endswith("ckpt-50")
+    trained_weights = _weights(first)
+
+    second = Estimator(config, tmp_path / "resumed")  # a new process, in effect
+    assert second.step == 50
+    for restored, trained in zip(_weights(second), trained_weights, strict=True):
+        np.testing.assert_array_equal(restored, trained)
+    second.train(train_fn, max_steps=100)
+    assert second.step == 100
+    assert int(second.optimizer.iterations.numpy()) == 100
+    assert tf.train.latest_checkpoint(str(tmp_path / "resumed")).endswith("ckpt-100")
+
+    # Stopping and resuming gives the model an uninterrupted run gives (same batches, same state).
+    straight = Estimator(config, tmp_path / "straight")
+    straight.train(train_fn, max_steps=100)
+    for resumed, uninterrupted in zip(_weights(second), _weights(straight), strict=True):
+        np.testing.assert_allclose(resumed, uninterrupted, rtol=1e-5, atol=1e-6)
+
+
+def test_training_past_max_steps_is_a_no_op(tmp_path):
+    config = small_experiment()
+    estimator = Estimator(config, tmp_path)
+    estimator.train(_input_fns(config)[0], max_steps=30)
+    assert estimator.train(_input_fns(config)[0], max_steps=20) == {"global_step": 30}
+
+
+def test_deterministic_given_the_seed(tmp_path):
+    runs = {}
+    for name, seed in (("a", 7), ("b", 7), ("c", 8)):
+        config = small_experiment(seed=seed)
+        estimator = Estimator(config, tmp_path / name)
+        estimator.train(_input_fns(config)[0], max_steps=30)
+        runs[name] = _weights(estimator)
+    for a, b in zip(runs["a"], runs["b"], strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert not all(np.array_equal(a, c) for a, c in zip(runs["a"], runs["c"], strict=True))
+
+
+def test_model_dir_records_config_checkpoints_events_and_results(tmp_path):
+    config = small_experiment(keep_checkpoint_max=2, save_checkpoints_steps=25)
+    train_fn, eval_fn = _input_fns(config)
+    estimator = Estimator(config, tmp_path)
+    results = estimator.train_and_evaluate(train_fn, eval_fn, max_steps=100, eval_every_steps=50)
+    assert results["global_step"] == 100 and results["examples"] == 1024
+    saved = json.loads((tmp_path / "eval_results.json").read_text())
+    assert saved == results
+    assert sorted(saved["tasks"]["y1"]) == ["loss", "mae", "rmse"]
+    assert (tmp_path / "config.json").read_text() == config.to_json()
+    indexes = sorted(p.name for p in tmp_path.glob("ckpt-*.index"))
+    assert indexes == ["ckpt-100.index", "ckpt-75.index"]  # keep_checkpoint_max=2
+    assert list((tmp_path / "train").glob("events.out.tfevents.*"))
+    assert list((tmp_path / "eval").glob("events.out.tfevents.*"))
+
+
+def test_a_model_dir_holding_another_architecture_is_refused(tmp_path):
+    config = small_experiment("mmoe")
+    Estimator(config, tmp_path).train(_input_fns(config)[0], max_steps=10)
+    with pytest.raises(ConfigError) as error:
+        Estimator(small_experiment("omoe"), tmp_path)
+    assert "model.architecture: saved 'mmoe', requested 'omoe'" in str(error.value)
+
+
+def test_evaluate_needs_a_checkpoint(tmp_path):
+    config = small_experiment()
+    with pytest.raises(ModelDirError, match="No checkpoint in --model_dir="):
+        Estimator(config, tmp_path).evaluate(_input_fns(config)[1])
+
+
+def test_model_dir_that_is_a_file(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ModelDirError, match="is a file"):
+        Estimator(small_experiment(), tmp_path / "file")
+
+
+def _exact_auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    positives, negatives = scores[labels == 1], scores[labels == 0]
+    greater = (positives[:, None] > negatives[None, :]).sum()
+    ties = (positives[:, None] == negatives[None, :]).sum()
+    return (greater + 0.5 * ties) / (len(positives) * len(negatives))
+
+
+def test_binary_task_auc_is_computed_on_that_tasks_own_labels(tmp_path):
+    tasks = (
+        TaskConfig("y1_binary", "y1_binary", type="binary", loss="log_loss"),
+        TaskConfig("y2", "y2"),
+    )
+    base = small_experiment()
+    config = dataclasses.replace(base, model=dataclasses.replace(base.model, tasks=tasks))
+    train_fn, eval_fn = _input_fns(config)
+    estimator = Estimator(config, tmp_path)
+    estimator.train(train_fn, max_steps=300)
+    results = estimator.evaluate(eval_fn)
+
+    features, labels = data.synthetic.generate(config.data.synthetic, "eval")
+    scores = np.asarray(estimator.model(features)["y1_binary"])
+    expected = _exact_auc(labels["y1_binary"], scores)
+    assert results["tasks"]["y1_binary"]["auc"] == pytest.approx(expected, abs=2e-3)
+    assert expected > 0.8
+    assert sorted(results["tasks"]["y1_binary"]) == ["auc", "log_loss", "loss"]

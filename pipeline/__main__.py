@@ -1,0 +1,5 @@
+"""`python -m pipeline STAGE ...` is the same as `mtl STAGE ...`."""
+
+from pipeline.cli import run
+
+run()

@@ -15,6 +15,7 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported
 
+import logging as std_logging  # noqa: E402
 import sys  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -114,9 +115,24 @@ def main(argv: list[str]) -> None:
         sys.exit(2)
 
 
+class _HideLibraryInfo(std_logging.Filter):
+    """Drops TensorFlow's and Keras' INFO lines (saver timings, ...), which drown the progress reports.
+
+    TensorFlow logs through `absl.logging` like this package, so filtering by logger name is not enough.
+    """
+
+    _LIBRARIES = (os.sep + "tensorflow" + os.sep, os.sep + "keras" + os.sep)
+
+    def filter(self, record: std_logging.LogRecord) -> bool:
+        return record.levelno >= std_logging.WARNING or not any(
+            library in record.pathname for library in self._LIBRARIES
+        )
+
+
 def run() -> None:
     """Console entry point (`mtl`)."""
-    tf.get_logger().setLevel("WARNING")  # TensorFlow's own INFO lines drown the progress reports
+    tf.get_logger().setLevel("WARNING")
+    logging.get_absl_handler().addFilter(_HideLibraryInfo())
     # absl prints the __main__ module's docstring as usage, and its short help lists only flags defined
     # in __main__ (none here), so usage is this module's docstring and --help shows every flag.
     sys.modules["__main__"].__doc__ = __doc__

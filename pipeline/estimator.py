@@ -80,7 +80,8 @@ class Estimator:
         )
         # Off the chief, checkpoints still have to be written (they are collective under
         # MultiWorkerMirroredStrategy) but into a scratch directory nobody reads.
-        checkpoint_dir = self.model_dir if self.is_chief else Path(tempfile.mkdtemp())
+        self._scratch = None if self.is_chief else tempfile.TemporaryDirectory(prefix="mtl-worker-")
+        checkpoint_dir = self.model_dir if self._scratch is None else Path(self._scratch.name)
         self._manager = tf.train.CheckpointManager(
             self._checkpoint,
             directory=str(checkpoint_dir),

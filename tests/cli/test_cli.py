@@ -18,14 +18,29 @@ SMALL = [
 ]
 
 
-def mtl(*args: str) -> subprocess.CompletedProcess:
+def _env(tf_config: str = "") -> dict[str, str]:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env.pop("TF_CONFIG", None)
+    if tf_config:
+        env["TF_CONFIG"] = tf_config
+    return env
+
+
+def mtl(*args: str) -> subprocess.CompletedProcess:
+    """Runs `mtl ARGS` to completion."""
     return subprocess.run(
+        [sys.executable, "-m", "pipeline", *args], capture_output=True, text=True, timeout=300, env=_env()
+    )
+
+
+def mtl_process(*args: str, tf_config: str) -> subprocess.Popen:
+    """Starts `mtl ARGS` as one task of a cluster described by `tf_config`."""
+    return subprocess.Popen(
         [sys.executable, "-m", "pipeline", *args],
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=300,
-        env=env,
+        env=_env(tf_config),
     )
 
 

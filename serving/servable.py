@@ -1,0 +1,112 @@
+"""One loaded version of a model: its signatures, and running one of them on numpy inputs."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import grpc
+import numpy as np
+import tensorflow as tf
+from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
+
+from serving.errors import ServingError, invalid_argument
+
+DEFAULT_SIGNATURE = "serving_default"
+PREDICT_METHOD = "tensorflow/serving/predict"
+_GRPC_CODES = {code.value[0]: code for code in grpc.StatusCode}  # TF error codes are gRPC's
+
+
+def _read_signature_defs(path: Path) -> dict[str, meta_graph_pb2.SignatureDef]:
+    saved_model = saved_model_pb2.SavedModel.FromString((path / "saved_model.pb").read_bytes())
+    for meta_graph in saved_model.meta_graphs:
+        if "serve" in meta_graph.meta_info_def.tags:
+            return dict(meta_graph.signature_def)
+    raise ValueError(f"{path} has no MetaGraph tagged 'serve'")
+
+
+_CPP_TYPE_NAMES = {"float32": "float", "float64": "double", "float16": "half"}
+
+
+def type_name(dtype: tf.DType) -> str:
+    """The type's name as TensorFlow's C++ `DataTypeString` prints it in TF Serving's messages."""
+    return _CPP_TYPE_NAMES.get(dtype.name, dtype.name)
+
+
+def signature_dtype(info: meta_graph_pb2.TensorInfo) -> tf.DType:
+    return tf.dtypes.as_dtype(info.dtype)
+
+
+def signature_shape(info: meta_graph_pb2.TensorInfo) -> list[int] | None:
+    """The declared shape, -1 for unknown dimensions; None for unknown rank."""
+    if info.tensor_shape.unknown_rank:
+        return None
+    return [dim.size for dim in info.tensor_shape.dim]
+
+
+class Servable:
+    """A SavedModel version loaded for serving.
+
+    Args:
+        name: the model name it is served under.
+        version: its integer version.
+        path: the version directory (`<base_path>/<version>`).
+    """
+
+    def __init__(self, name: str, version: int, path: Path) -> None:
+        self.name = name
+        self.version = version
+        self.path = path
+        self.signature_defs = _read_signature_defs(path)
+        self._loaded = tf.saved_model.load(str(path), tags=["serve"])
+        self._functions = dict(self._loaded.signatures)
+
+    def signature_def(self, signature_name: str) -> meta_graph_pb2.SignatureDef | None:
+        """The named signature ("" means `serving_default`), or None if the model has no such one."""
+        return self.signature_defs.get(signature_name or DEFAULT_SIGNATURE)
+
+    def run(
+        self,
+        signature_name: str,
+        inputs: Mapping[str, np.ndarray],
+        output_filter: Sequence[str] = (),
+    ) -> dict[str, np.ndarray]:
+        """Runs a predict signature on inputs already checked to be exactly its inputs.
+
+        Raises:
+            ServingError: INVALID_ARGUMENT for a dtype or shape the signature does not take.
+        """
+        name = signature_name or DEFAULT_SIGNATURE
+        signature = self.signature_defs[name]
+        tensors = {}
+        for position, (alias, info) in enumerate(sorted(signature.inputs.items())):
+            value = np.asarray(inputs[alias])
+            expected = signature_dtype(info)
+            if tf.dtypes.as_dtype(value.dtype) != expected and not (
+                expected == tf.string and value.dtype.kind in "SUO"
+            ):
+                raise invalid_argument(
+                    f"Expects arg[{position}] to be {type_name(expected)} but "
+                    f"{type_name(tf.dtypes.as_dtype(value.dtype))} is provided"
+                )
+            _check_shape(alias, value.shape, signature_shape(info))
+            tensors[alias] = tf.constant(value, dtype=expected)
+        try:
+            outputs = self._functions[name](**tensors)
+        except tf.errors.InvalidArgumentError as error:
+            raise invalid_argument(error.message) from None
+        except tf.errors.OpError as error:
+            code = _GRPC_CODES.get(error.error_code, grpc.StatusCode.INTERNAL)
+            raise ServingError(code, error.message) from None
+        wanted = output_filter or sorted(outputs)
+        return {alias: outputs[alias].numpy() for alias in wanted}
+
+
+def _check_shape(alias: str, shape: tuple[int, ...], expected: list[int] | None) -> None:
+    if expected is None:
+        return
+    if len(shape) != len(expected) or any(e not in (-1, s) for s, e in zip(shape, expected, strict=True)):
+        raise invalid_argument(
+            f"input '{alias}' has shape [{','.join(map(str, shape))}] but the signature expects "
+            f"[{','.join(map(str, expected))}]"
+        )

@@ -1,0 +1,140 @@
+"""The gRPC frontend: TF Serving's PredictionService and ModelService, from `tensorflow-serving-api`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+import tensorflow as tf
+from absl import logging
+from tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
+
+from serving.errors import ServingError, invalid_argument
+from serving.manager import ModelManager
+from serving.metrics import ServingMetrics
+from serving.responses import SIGNATURE_DEF_FIELD, metadata_response, status_response
+from serving.servable import DEFAULT_SIGNATURE, PREDICT_METHOD, Servable
+
+MAX_MESSAGE_CHARS = 1024  # TF Serving truncates longer error messages
+
+
+def _braces(names: set[str]) -> str:
+    return "{" + ",".join(sorted(names)) + "}"
+
+
+def _call(context: grpc.ServicerContext, fn: Callable[[], Any]) -> Any:
+    try:
+        return fn()
+    except ServingError as error:
+        context.abort(error.code, error.message[:MAX_MESSAGE_CHARS])
+    except Exception as error:  # a bug must cost one request, never the server
+        logging.exception("gRPC request failed")
+        context.abort(grpc.StatusCode.INTERNAL, f"Internal error: {error}"[:MAX_MESSAGE_CHARS])
+
+
+def _resolve(manager: ModelManager, spec: model_pb2.ModelSpec) -> Servable:
+    version = spec.version.value if spec.HasField("version") else None
+    return manager.servable(spec.name, version, spec.version_label or None)
+
+
+class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
+    """Predict and GetModelMetadata; Classify, Regress and MultiInference answer UNIMPLEMENTED."""
+
+    def __init__(self, manager: ModelManager, metrics: ServingMetrics) -> None:
+        self.manager = manager
+        self.metrics = metrics
+
+    def Predict(self, request: predict_pb2.PredictRequest, context: grpc.ServicerContext):  # noqa: N802
+        return _call(context, lambda: self._predict(request))
+
+    def _predict(self, request: predict_pb2.PredictRequest) -> predict_pb2.PredictResponse:
+        if not request.HasField("model_spec"):
+            raise invalid_argument("Missing ModelSpec")
+        spec = request.model_spec
+        with self.metrics.observe(spec.name, "predict", "GRPC"):
+            servable = _resolve(self.manager, spec)
+            signature_name = spec.signature_name or DEFAULT_SIGNATURE
+            signature = servable.signature_def(signature_name)
+            if signature is None:
+                raise ServingError(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f'Serving signature key "{signature_name}" not found.',
+                )
+            if signature.method_name != PREDICT_METHOD:
+                raise invalid_argument(
+                    f"Expected prediction signature method_name to be {PREDICT_METHOD}. "
+                    f"Was: {signature.method_name}"
+                )
+            sent, expected = set(request.inputs), set(signature.inputs)
+            if sent != expected:
+                extra, missing = _braces(sent - expected), _braces(expected - sent)
+                raise invalid_argument(
+                    f"input size does not match signature: {len(sent)}!={len(expected)} "
+                    f"len({_braces(sent)}) != len({_braces(expected)}). "
+                    f"Sent extra: {extra}. Missing but required: {missing}."
+                )
+            for alias in request.output_filter:
+                if alias not in signature.outputs:
+                    raise invalid_argument(
+                        f"output tensor alias not found in signature: {alias} Outputs expected to be in "
+                        f"the set {_braces(set(signature.outputs))}."
+                    )
+            try:
+                inputs = {alias: tf.make_ndarray(proto) for alias, proto in request.inputs.items()}
+            except (TypeError, ValueError) as error:
+                raise invalid_argument(f"Invalid input tensor: {error}") from None
+            outputs = servable.run(signature_name, inputs, tuple(request.output_filter))
+            response = predict_pb2.PredictResponse()
+            response.model_spec.name = servable.name
+            response.model_spec.version.value = servable.version
+            response.model_spec.signature_name = signature_name
+            for alias, value in outputs.items():
+                response.outputs[alias].CopyFrom(tf.make_tensor_proto(value))
+            return response
+
+    def GetModelMetadata(  # noqa: N802
+        self, request: get_model_metadata_pb2.GetModelMetadataRequest, context: grpc.ServicerContext
+    ):
+        return _call(context, lambda: self._metadata(request))
+
+    def _metadata(
+        self, request: get_model_metadata_pb2.GetModelMetadataRequest
+    ) -> get_model_metadata_pb2.GetModelMetadataResponse:
+        if not request.HasField("model_spec"):
+            raise invalid_argument("Missing ModelSpec")
+        if not request.metadata_field:
+            raise invalid_argument("GetModelMetadataRequest must specify at least one metadata_field")
+        for field in request.metadata_field:
+            if field != SIGNATURE_DEF_FIELD:
+                raise invalid_argument(f"Metadata field {field} is not supported")
+        with self.metrics.observe(request.model_spec.name, "metadata", "GRPC"):
+            return metadata_response(_resolve(self.manager, request.model_spec))
+
+
+class ModelService(model_service_pb2_grpc.ModelServiceServicer):
+    """GetModelStatus; HandleReloadConfigRequest answers UNIMPLEMENTED."""
+
+    def __init__(self, manager: ModelManager) -> None:
+        self.manager = manager
+
+    def GetModelStatus(  # noqa: N802
+        self, request: get_model_status_pb2.GetModelStatusRequest, context: grpc.ServicerContext
+    ):
+        return _call(context, lambda: self._status(request))
+
+    def _status(
+        self, request: get_model_status_pb2.GetModelStatusRequest
+    ) -> get_model_status_pb2.GetModelStatusResponse:
+        if not request.HasField("model_spec"):
+            raise invalid_argument("Missing ModelSpec")
+        spec = request.model_spec
+        version = spec.version.value if spec.HasField("version") else None
+        return status_response(self.manager.statuses(spec.name, version, spec.version_label or None))

@@ -1,0 +1,234 @@
+"""TF Serving's REST JSON encoding of tensors (util/json_tensor.cc): request parsing, response writing.
+
+Row format (`instances`) lists one entry per example; columnar format (`inputs`) gives whole tensors. Floats
+accept any JSON number, integer types only JSON integers, booleans only true/false; strings may be given as
+`{"b64": ...}`. Responses print floats in their shortest round-trip form.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+from tensorflow.core.protobuf import meta_graph_pb2
+
+from serving.errors import ServingError, invalid_argument
+from serving.servable import signature_dtype, type_name
+
+_JSON_TYPES = {type(None): "Null", bool: "Bool", dict: "Object", list: "Array", str: "String"}
+
+
+def _json_type(value: Any) -> str:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return "Number"
+    return _JSON_TYPES.get(type(value), "Unknown")
+
+
+def _type_error(value: Any, dtype: tf.DType) -> ServingError:
+    shown = json.dumps(value) if not isinstance(value, float) or math.isfinite(value) else str(value)
+    return invalid_argument(
+        f"JSON Value: {shown} Type: {_json_type(value)} is not of expected type: {type_name(dtype)}"
+    )
+
+
+def parse_body(body: bytes) -> Any:
+    """The request document, with rapidjson's error wording for bad JSON."""
+    text = body.decode("utf-8", errors="replace")
+    if not text.strip():
+        raise invalid_argument("JSON Parse error: The document is empty")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise invalid_argument(f"JSON Parse error: Invalid value at offset: {error.pos}") from None
+
+
+def _is_b64(value: Any) -> bool:
+    return isinstance(value, dict) and len(value) == 1 and "b64" in value
+
+
+def _leaf(value: Any, dtype: tf.DType) -> Any:
+    if dtype == tf.string:
+        if isinstance(value, str):
+            return value.encode("utf-8")
+        if _is_b64(value) and isinstance(value["b64"], str):
+            try:
+                return base64.b64decode(value["b64"], validate=True)
+            except ValueError:
+                raise invalid_argument(f"Unable to base64 decode: {value['b64']}") from None
+        raise _type_error(value, dtype)
+    if dtype == tf.bool:
+        if isinstance(value, bool):
+            return value
+        raise _type_error(value, dtype)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _type_error(value, dtype)
+    if dtype.is_integer and not isinstance(value, int):
+        raise _type_error(value, dtype)
+    return value
+
+
+def _to_array(value: Any, dtype: tf.DType) -> np.ndarray:
+    """A nested JSON list as an array of `dtype`, checking every element's type and the shape."""
+    leaves: list[Any] = []
+
+    def walk(node: Any, depth: int, shape: list[int]) -> None:
+        if isinstance(node, list):
+            if len(shape) == depth:
+                shape.append(len(node))
+            elif len(shape) < depth or shape[depth] != len(node):
+                raise invalid_argument("Expecting tensor of consistent shape, got ragged nested lists")
+            for child in node:
+                walk(child, depth + 1, shape)
+        else:
+            if len(shape) != depth and not (depth == 0 and not shape):
+                raise invalid_argument("Expecting tensor of consistent shape, got ragged nested lists")
+            leaves.append(_leaf(node, dtype))
+
+    shape: list[int] = []
+    walk(value, 0, shape)
+    if dtype == tf.string:
+        return np.array(leaves, dtype=object).reshape(shape)
+    return np.array(leaves, dtype=dtype.as_numpy_dtype).reshape(shape)
+
+
+def _input_dtypes(signature: meta_graph_pb2.SignatureDef) -> dict[str, tf.DType]:
+    return {alias: signature_dtype(info) for alias, info in signature.inputs.items()}
+
+
+def _parse_instances(instances: Any, dtypes: Mapping[str, tf.DType]) -> dict[str, np.ndarray]:
+    if not isinstance(instances, list) or not instances:
+        raise invalid_argument("'instances' must be a non-empty JSON array")
+    names = sorted(dtypes)
+    columns: dict[str, list[np.ndarray]] = {name: [] for name in names}
+    for index, instance in enumerate(instances):
+        if isinstance(instance, dict) and not _is_b64(instance):
+            if sorted(instance) != names:
+                missing = [n for n in names if n not in instance]
+                extra = [k for k in instance if k not in dtypes]
+                detail = f"missing input(s): {missing}" if missing else f"unknown input(s): {extra}"
+                raise invalid_argument(
+                    f"Failed to process element: {index} of 'instances' list. JSON object keys must "
+                    f"equal the signature's inputs {names}; {detail}"
+                )
+            values = instance
+        elif len(names) == 1:
+            values = {names[0]: instance}
+        else:
+            raise invalid_argument(
+                f"Failed to process element: {index} of 'instances' list. With {len(names)} inputs "
+                f"each instance must be a JSON object keyed by input name {names}"
+            )
+        for name in names:
+            columns[name].append(_to_array(values[name], dtypes[name]))
+    stacked = {}
+    for name, arrays in columns.items():
+        first = arrays[0].shape
+        for index, array in enumerate(arrays):
+            if array.shape != first:
+                raise invalid_argument(
+                    f"Failed to process element: {index} of 'instances' list. Error: Invalid argument: "
+                    f"Expecting shape [{','.join(map(str, first))}] for input '{name}' but got "
+                    f"[{','.join(map(str, array.shape))}]"
+                )
+        stacked[name] = np.stack(arrays)
+    return stacked
+
+
+def _parse_inputs(inputs: Any, dtypes: Mapping[str, tf.DType]) -> dict[str, np.ndarray]:
+    names = sorted(dtypes)
+    if isinstance(inputs, dict) and not _is_b64(inputs):
+        for name in names:
+            if name not in inputs:
+                raise invalid_argument(f"Missing named input: {name} in 'inputs' object.")
+        return {name: _to_array(inputs[name], dtypes[name]) for name in names}
+    if len(names) != 1:
+        raise invalid_argument(
+            f"'inputs' must be a JSON object keyed by input name when the signature has {len(names)} inputs"
+        )
+    return {names[0]: _to_array(inputs, dtypes[names[0]])}
+
+
+def parse_predict_request(document: Any) -> tuple[str, Any, bool]:
+    """(signature name, instances or inputs, whether the row format was used) of a predict body."""
+    if not isinstance(document, dict):
+        raise invalid_argument("Request body must be a JSON object")
+    signature_name = document.get("signature_name", "")
+    if not isinstance(signature_name, str):
+        raise invalid_argument("'signature_name' key must be a string value.")
+    has_instances, has_inputs = "instances" in document, "inputs" in document
+    if has_instances == has_inputs:
+        if has_instances:
+            raise invalid_argument(
+                "Not a valid JSON request: expecting only one of 'inputs' or 'instances' keys to exist"
+            )
+        raise invalid_argument("Missing 'inputs' or 'instances' key")
+    return signature_name, document["instances" if has_instances else "inputs"], has_instances
+
+
+def tensors_from_json(
+    payload: Any, row_format: bool, signature: meta_graph_pb2.SignatureDef
+) -> dict[str, np.ndarray]:
+    dtypes = _input_dtypes(signature)
+    return _parse_instances(payload, dtypes) if row_format else _parse_inputs(payload, dtypes)
+
+
+# -- responses ------------------------------------------------------------------------------------
+
+
+def _format_scalar(value: Any, alias: str) -> str:
+    if isinstance(value, (bytes, np.bytes_)):
+        if alias.endswith("_bytes"):
+            return json.dumps({"b64": base64.b64encode(value).decode("ascii")}, separators=(",", ":"))
+        return json.dumps(value.decode("utf-8", errors="replace"))
+    if isinstance(value, (bool, np.bool_)):
+        return "true" if value else "false"
+    if isinstance(value, (np.integer, int)):
+        return str(int(value))
+    value = value if isinstance(value, np.floating) else np.float64(value)
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "Infinity" if value > 0 else "-Infinity"
+    text = np.format_float_positional(value, unique=True, trim="0")
+    if len(text.replace("-", "").replace(".", "").lstrip("0")) > 17:  # very large or small: exponent
+        text = np.format_float_scientific(value, unique=True, trim="0")
+    return text
+
+
+def _format(array: Any, alias: str) -> str:
+    if not isinstance(array, np.ndarray):  # an element of an object (string) array
+        return _format_scalar(array, alias)
+    if array.ndim == 0:
+        return _format_scalar(array[()], alias)
+    return "[" + ",".join(_format(item, alias) for item in array) + "]"
+
+
+def format_response(outputs: Mapping[str, np.ndarray], row_format: bool) -> str:
+    """`{"predictions": [...]}` for a row request, `{"outputs": ...}` for a columnar one."""
+    aliases = sorted(outputs)
+    if not row_format:
+        if len(aliases) == 1:
+            return '{"outputs":' + _format(outputs[aliases[0]], aliases[0]) + "}"
+        body = ",".join(f"{json.dumps(a)}:{_format(outputs[a], a)}" for a in aliases)
+        return '{"outputs":{' + body + "}}"
+    sizes = {np.asarray(outputs[a]).shape[0] if np.ndim(outputs[a]) else -1 for a in aliases}
+    if len(sizes) != 1 or -1 in sizes:
+        raise invalid_argument(
+            "Tensors in the output have inconsistent batch size. Cannot respond in row format; "
+            "use the columnar 'inputs' format"
+        )
+    (batch,) = sizes
+    rows = []
+    for index in range(batch):
+        if len(aliases) == 1:
+            rows.append(_format(outputs[aliases[0]][index], aliases[0]))
+        else:
+            rows.append(
+                "{" + ",".join(f"{json.dumps(a)}:{_format(outputs[a][index], a)}" for a in aliases) + "}"
+            )
+    return '{"predictions":[' + ",".join(rows) + "]}"

@@ -1,0 +1,146 @@
+"""The embedded model server: gRPC and REST frontends over one model manager, in one process.
+
+It answers like `tensorflow_model_server` (see ../shared/reference/tf-serving-api.md), so the same clients and
+tests run against it and against the `tensorflow/serving` container.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import threading
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+from absl import logging
+from aiohttp import web
+from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
+
+from serving.config import DEFAULT_METRICS_PATH, ModelSource
+from serving.grpc_service import ModelService, PredictionService
+from serving.manager import ModelManager
+from serving.metrics import ServingMetrics
+from serving.rest import RestFrontend
+
+MAX_GRPC_MESSAGE_BYTES = 2**31 - 1  # TF Serving accepts messages up to INT32_MAX
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerOptions:
+    """How the server listens and behaves; the names follow `tensorflow_model_server`'s flags."""
+
+    host: str = "127.0.0.1"
+    grpc_port: int = 8500
+    rest_port: int = 8501
+    poll_seconds: float = 1.0
+    warmup: bool = True
+    max_request_bytes: int = 64 * 2**20
+    rest_timeout_ms: int = 30_000
+    metrics_path: str | None = DEFAULT_METRICS_PATH
+    worker_threads: int = 16
+
+
+class ModelServer:
+    """Serves `sources` over gRPC and REST until `stop()`.
+
+    Ports given as 0 are chosen by the OS; `grpc_port` and `rest_port` tell which after `start()`.
+    """
+
+    def __init__(self, sources: Iterable[ModelSource], options: ServerOptions = ServerOptions()) -> None:
+        self.options = options
+        self.manager = ModelManager(sources, warmup=options.warmup)
+        self.metrics = ServingMetrics()
+        self.grpc_port = options.grpc_port
+        self.rest_port = options.rest_port
+        self._executor = ThreadPoolExecutor(options.worker_threads, thread_name_prefix="rest")
+        self._grpc: grpc.Server | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: threading.Thread | None = None
+        self._runner: web.AppRunner | None = None
+        self._stopped = threading.Event()
+
+    def start(self) -> ModelServer:
+        """Loads the models' current versions, then opens both ports (TF Serving's order)."""
+        self.manager.refresh()
+        self._start_grpc()
+        self._start_rest()
+        self.manager.start_polling(self.options.poll_seconds)
+        logging.info(
+            "Serving %s: gRPC on %s:%d, REST on %s:%d",
+            ", ".join(self.manager.model_names),
+            self.options.host,
+            self.grpc_port,
+            self.options.host,
+            self.rest_port,
+        )
+        return self
+
+    def _start_grpc(self) -> None:
+        self._grpc = grpc.server(
+            ThreadPoolExecutor(self.options.worker_threads, thread_name_prefix="grpc"),
+            options=[
+                ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_GRPC_MESSAGE_BYTES),
+            ],
+        )
+        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
+            PredictionService(self.manager, self.metrics), self._grpc
+        )
+        model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(self.manager), self._grpc)
+        address = f"{self.options.host}:{self.options.grpc_port}"
+        try:
+            self.grpc_port = self._grpc.add_insecure_port(address)
+        except RuntimeError:
+            raise OSError(
+                f"Cannot listen for gRPC on {address}: the port is in use or not allowed."
+            ) from None
+        self._grpc.start()
+
+    def _start_rest(self) -> None:
+        frontend = RestFrontend(
+            self.manager,
+            self.metrics,
+            self._executor,
+            max_request_bytes=self.options.max_request_bytes,
+            timeout_seconds=self.options.rest_timeout_ms / 1000,
+            metrics_path=self.options.metrics_path,
+        )
+        self._loop = asyncio.new_event_loop()
+        self._loop_thread = threading.Thread(target=self._loop.run_forever, name="rest", daemon=True)
+        self._loop_thread.start()
+
+        async def open_site() -> int:
+            self._runner = web.AppRunner(frontend.application(), access_log=None)
+            await self._runner.setup()
+            site = web.TCPSite(self._runner, self.options.host, self.options.rest_port, reuse_address=True)
+            await site.start()
+            return self._runner.addresses[0][1]
+
+        self.rest_port = asyncio.run_coroutine_threadsafe(open_site(), self._loop).result()
+
+    def stop(self, grace_seconds: float = 1.0) -> None:
+        """Stops polling, lets in-flight requests finish for up to `grace_seconds`, closes the ports."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        self.manager.stop()
+        if self._grpc is not None:
+            self._grpc.stop(grace_seconds).wait()
+        if self._loop is not None:
+            if self._runner is not None:
+                asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result()
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._loop_thread.join()
+            self._loop.close()
+        self._executor.shutdown(wait=True)
+
+    def wait(self) -> None:
+        """Blocks until `stop()` is called (from a signal handler, say)."""
+        self._stopped.wait()
+
+    def __enter__(self) -> ModelServer:
+        return self.start()
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()

@@ -25,6 +25,8 @@ from pipeline.config import (
 )
 from pipeline.distribute import STRATEGIES
 from pipeline.errors import ConfigError
+from serving import config as serving_config
+from serving.server import ServerOptions
 
 FLAGS = flags.FLAGS
 
@@ -74,6 +76,42 @@ flags.DEFINE_integer("save_checkpoints_steps", _TRAIN.save_checkpoints_steps, "S
 flags.DEFINE_integer("keep_checkpoint_max", _TRAIN.keep_checkpoint_max, "Checkpoints to keep.")
 flags.DEFINE_integer("log_every_steps", _TRAIN.log_every_steps, "Steps between progress reports.")
 flags.DEFINE_integer("shuffle_buffer", _TRAIN.shuffle_buffer, "Shuffle buffer of the training data.")
+
+
+# -- serve (names as tensorflow_model_server's) and predict -----------------------------------------
+flags.DEFINE_string("host", "127.0.0.1", "serve: address to listen on; 0.0.0.0 listens on every interface.")
+flags.DEFINE_integer("port", 8500, "serve: gRPC port (0 picks a free one).")
+flags.DEFINE_integer("rest_api_port", 8501, "serve: REST port (0 picks a free one).")
+flags.DEFINE_string(
+    "model_name", None, "serve: name to serve --model_base_path under; predict: model to query."
+)
+flags.DEFINE_string("model_base_path", None, "serve: directory of integer versions (an --export_base).")
+flags.DEFINE_string(
+    "model_config_file", None, "serve: models.config text proto: several models, version policies, labels."
+)
+flags.DEFINE_float(
+    "file_system_poll_wait_seconds", 1.0, "serve: seconds between looks for new versions (0: never)."
+)
+flags.DEFINE_boolean("enable_model_warmup", True, "serve: replay assets.extra warmup requests on load.")
+flags.DEFINE_integer("rest_api_timeout_in_ms", 30_000, "serve: REST requests running longer get a 504.")
+flags.DEFINE_integer("max_request_bytes", 64 * 2**20, "serve: REST bodies larger than this get a 413.")
+flags.DEFINE_string(
+    "monitoring_config_file",
+    None,
+    "serve: MonitoringConfig text proto (default: Prometheus at /monitoring/prometheus/metrics).",
+)
+flags.DEFINE_string(
+    "server", "localhost:8500", "predict: grpc://host:port (or host:port) or http://host:port."
+)
+flags.DEFINE_string("input", None, "predict: rows as .jsonl (a JSON object per line) or .csv with a header.")
+flags.DEFINE_string(
+    "output", None, "predict: file for the predictions, a JSON object per row (default: stdout)."
+)
+flags.DEFINE_string("signature_name", "", "predict: signature to run (default: serving_default).")
+flags.DEFINE_integer("model_version", None, "predict: a specific version (default: the newest).")
+flags.DEFINE_string("version_label", None, "predict: a version label, such as stable.")
+flags.DEFINE_float("timeout_seconds", 10.0, "predict: per request; UNAVAILABLE is retried.")
+flags.DEFINE_integer("predict_batch_size", 256, "predict: rows per request.")
 
 
 def _ints(flag: str, values: list[str]) -> tuple[int, ...]:
@@ -207,3 +245,31 @@ def resolve_config(saved: ExperimentConfig | None, config_path: str) -> Experime
         if FLAGS[field.name].present
     }
     return dataclasses.replace(saved, train=dataclasses.replace(saved.train, **train_overrides)).validate()
+
+
+def model_sources() -> list[serving_config.ModelSource]:
+    """The models `mtl serve` serves: --model_config_file, or --model_name with --model_base_path."""
+    if FLAGS.model_config_file:
+        if FLAGS.model_base_path:
+            raise ConfigError("Give --model_config_file or --model_base_path, not both.")
+        return serving_config.read_model_config_file(FLAGS.model_config_file)
+    if not FLAGS.model_base_path:
+        raise ConfigError("--model_base_path (with --model_name) or --model_config_file is required.")
+    return serving_config.single_model(FLAGS.model_name or "default", FLAGS.model_base_path)
+
+
+def server_options() -> ServerOptions:
+    """`mtl serve`'s listening and behaviour options."""
+    metrics_path = serving_config.DEFAULT_METRICS_PATH
+    if FLAGS.monitoring_config_file:
+        metrics_path = serving_config.read_monitoring_config(FLAGS.monitoring_config_file)
+    return ServerOptions(
+        host=FLAGS.host,
+        grpc_port=FLAGS.port,
+        rest_port=FLAGS.rest_api_port,
+        poll_seconds=FLAGS.file_system_poll_wait_seconds,
+        warmup=FLAGS.enable_model_warmup,
+        max_request_bytes=FLAGS.max_request_bytes,
+        rest_timeout_ms=FLAGS.rest_api_timeout_in_ms,
+        metrics_path=metrics_path,
+    )

@@ -4,6 +4,8 @@
     mtl evaluate --model_dir=runs/mmoe
     mtl export --model_dir=runs/mmoe --export_base=runs/mmoe/export
     mtl train_and_evaluate --model_dir=runs/mmoe
+    mtl serve --model_name=mmoe --model_base_path=runs/mmoe/export
+    mtl predict --server=localhost:8500 --model_name=mmoe --input=rows.jsonl
 
 Later stages read the model config from `model_dir`. `--flagfile=FILE` reads flags from a file (named
 experiments); `mtl --helpfull` lists every flag.
@@ -15,10 +17,15 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported
 
+import contextlib  # noqa: E402
+import json  # noqa: E402
 import logging as std_logging  # noqa: E402
+import signal  # noqa: E402
 import sys  # noqa: E402
+import threading  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import TextIO  # noqa: E402
 
 import tensorflow as tf  # noqa: E402
 from absl import app, logging  # noqa: E402
@@ -28,6 +35,9 @@ from pipeline import model_dir as model_dir_files  # noqa: E402
 from pipeline.cli import flags as cli_flags  # noqa: E402
 from pipeline.errors import ConfigError, UserError  # noqa: E402
 from pipeline.estimator import Estimator  # noqa: E402
+from serving import rows  # noqa: E402
+from serving.client import PredictionError, connect  # noqa: E402
+from serving.server import ModelServer  # noqa: E402
 
 FLAGS = cli_flags.FLAGS
 
@@ -87,11 +97,63 @@ def train_and_evaluate() -> None:
     _print_results(results)
 
 
+def serve() -> None:
+    server = ModelServer(cli_flags.model_sources(), cli_flags.server_options())
+    try:
+        server.start()
+    except OSError as error:
+        server.stop()
+        raise ConfigError(str(error)) from None
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: threading.Thread(target=server.stop).start())
+    host = server.options.host
+    models = ", ".join(server.manager.model_names)
+    print(
+        f"Serving {models}: REST http://{host}:{server.rest_port}, gRPC {host}:{server.grpc_port}. "
+        "Ctrl-C stops.",
+        flush=True,
+    )
+    server.wait()
+
+
+def predict() -> None:
+    if not FLAGS.input:
+        raise ConfigError("--input is required: a .jsonl or .csv file of rows.")
+    if not FLAGS.model_name:
+        raise ConfigError("--model_name is required.")
+    client = connect(
+        FLAGS.server,
+        FLAGS.model_name,
+        version=FLAGS.model_version,
+        version_label=FLAGS.version_label,
+        signature_name=FLAGS.signature_name,
+        timeout_seconds=FLAGS.timeout_seconds,
+    )
+    with client, _output() as out:
+        try:
+            columns = rows.to_columns(rows.read_rows(FLAGS.input), client.signature().inputs, FLAGS.input)
+            for batch in rows.batches(columns, FLAGS.predict_batch_size):
+                predictions = client.predict(batch)
+                for index in range(len(next(iter(batch.values())))):
+                    row = {task: values[index].item() for task, values in sorted(predictions.items())}
+                    out.write(json.dumps(row) + "\n")
+        except PredictionError as error:
+            raise ConfigError(f"the server answered {error.code}: {error.message}") from None
+
+
+def _output() -> contextlib.AbstractContextManager[TextIO]:
+    if FLAGS.output:
+        return open(FLAGS.output, "w")  # noqa: SIM115  (closed by the caller's with)
+    return contextlib.nullcontext(sys.stdout)
+
+
 STAGES: dict[str, Callable[[], None]] = {
     "train": train,
     "evaluate": evaluate,
     "export": export,
     "train_and_evaluate": train_and_evaluate,
+    "serve": serve,
+    "predict": predict,
 }
 
 

@@ -1,0 +1,282 @@
+"""Clients for a TF Serving endpoint (the container or the embedded server): `{task: numpy array}` out.
+
+    client = connect("grpc://localhost:8500", "mmoe")     # or "http://localhost:8501"
+    predictions = client.predict({"inputs": batch})       # {"y1": array([...]), "y2": array([...])}
+
+Both retry UNAVAILABLE (a server still loading, restarting or swapping versions) with backoff, and time out.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import json
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+from urllib.parse import quote, urlparse
+
+import grpc
+import numpy as np
+import requests
+import tensorflow as tf
+from tensorflow.core.framework import types_pb2
+from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2, prediction_service_pb2_grpc
+
+MAX_GRPC_MESSAGE_BYTES = 2**31 - 1  # raise gRPC's 4 MiB default: batches of many rows are large
+_T = TypeVar("_T")
+
+
+@dataclasses.dataclass(frozen=True)
+class Signature:
+    """Input and output aliases of a signature, with their numpy dtypes."""
+
+    inputs: dict[str, np.dtype]
+    outputs: dict[str, np.dtype]
+
+    @classmethod
+    def from_dtype_enums(cls, inputs: Mapping[str, int], outputs: Mapping[str, int]) -> Signature:
+        def numpy(dtypes: Mapping[str, int]) -> dict[str, np.dtype]:
+            return {alias: tf.dtypes.as_dtype(dtype).as_numpy_dtype for alias, dtype in dtypes.items()}
+
+        return cls(numpy(inputs), numpy(outputs))
+
+
+class PredictionError(Exception):
+    """The server refused a request; `code` is the gRPC status code name, `message` the server's words."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+class PredictClient(abc.ABC):
+    """Predictions of one served model, by task name.
+
+    Args:
+        model_name: the served model's name.
+        version: a specific version (default: the newest available).
+        version_label: a version label such as "stable" (instead of `version`).
+        signature_name: the signature to run (default: `serving_default`).
+        timeout_seconds: per attempt.
+        retries: further attempts after UNAVAILABLE.
+    """
+
+    def __init__(
+        self,
+        model_name: str,
+        version: int | None = None,
+        version_label: str | None = None,
+        signature_name: str = "",
+        timeout_seconds: float = 10.0,
+        retries: int = 3,
+    ) -> None:
+        if version is not None and version_label:
+            raise ValueError("Give a version or a version label, not both.")
+        self.model_name = model_name
+        self.version = version
+        self.version_label = version_label
+        self.signature_name = signature_name
+        self.timeout_seconds = timeout_seconds
+        self.retries = retries
+
+    @abc.abstractmethod
+    def predict(self, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """Runs the signature on a batch of named inputs; returns every output by name."""
+
+    @abc.abstractmethod
+    def signature(self) -> Signature:
+        """The signature's input and output dtypes, read once from the model's metadata."""
+
+    def _with_retries(self, attempt: Callable[[], _T]) -> _T:
+        for remaining in range(self.retries, -1, -1):
+            try:
+                return attempt()
+            except PredictionError as error:
+                if error.code != "UNAVAILABLE" or remaining == 0:
+                    raise
+                time.sleep(0.1 * 2 ** (self.retries - remaining))
+        raise AssertionError("unreachable")
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Releases the connection."""
+
+    def __enter__(self) -> PredictClient:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
+class GrpcClient(PredictClient):
+    """PredictionService over gRPC, with `tensorflow-serving-api`'s protos. `target` is `host:port`."""
+
+    def __init__(self, target: str, model_name: str, **kwargs: Any) -> None:
+        super().__init__(model_name, **kwargs)
+        self._channel = grpc.insecure_channel(
+            target,
+            options=[
+                ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_GRPC_MESSAGE_BYTES),
+            ],
+        )
+        self._stub = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
+        self._signature: Signature | None = None
+
+    def _fill_spec(self, spec) -> None:
+        spec.name = self.model_name
+        spec.signature_name = self.signature_name
+        if self.version is not None:
+            spec.version.value = self.version
+        elif self.version_label:
+            spec.version_label = self.version_label
+
+    def _rpc(self, method: Callable, request: Any) -> Any:
+        def attempt() -> Any:
+            try:
+                return method(request, timeout=self.timeout_seconds)
+            except grpc.RpcError as error:
+                raise PredictionError(error.code().name, error.details() or "") from None
+
+        return self._with_retries(attempt)
+
+    def signature(self) -> Signature:
+        if self._signature is None:
+            request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+            self._fill_spec(request.model_spec)
+            response = self._rpc(self._stub.GetModelMetadata, request)
+            signatures = get_model_metadata_pb2.SignatureDefMap()
+            response.metadata["signature_def"].Unpack(signatures)
+            signature = signatures.signature_def[self.signature_name or "serving_default"]
+            self._signature = Signature.from_dtype_enums(
+                {alias: info.dtype for alias, info in signature.inputs.items()},
+                {alias: info.dtype for alias, info in signature.outputs.items()},
+            )
+        return self._signature
+
+    def predict(self, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        dtypes = self.signature().inputs
+        request = predict_pb2.PredictRequest()
+        self._fill_spec(request.model_spec)
+        for alias, value in inputs.items():
+            array = np.asarray(value, dtype=dtypes.get(alias))
+            request.inputs[alias].CopyFrom(tf.make_tensor_proto(array))
+        response = self._rpc(self._stub.Predict, request)
+        return {alias: tf.make_ndarray(proto) for alias, proto in response.outputs.items()}
+
+    def close(self) -> None:
+        self._channel.close()
+
+
+class RestClient(PredictClient):
+    """The REST API, sending the columnar `inputs` format. `base_url` is `http://host:port`."""
+
+    def __init__(self, base_url: str, model_name: str, **kwargs: Any) -> None:
+        super().__init__(model_name, **kwargs)
+        self._session = requests.Session()
+        path = f"{base_url.rstrip('/')}/v1/models/{quote(model_name, safe='')}"
+        if self.version is not None:
+            path += f"/versions/{self.version}"
+        elif self.version_label:
+            path += f"/labels/{quote(self.version_label, safe='')}"
+        self._model_url = path
+        self._signature: Signature | None = None
+
+    def _request(self, method: str, url: str, body: str | None = None) -> Any:
+        def attempt() -> Any:
+            try:
+                response = self._session.request(
+                    method,
+                    url,
+                    data=body,
+                    headers={"Content-Type": "application/json"},
+                    timeout=self.timeout_seconds,
+                )
+            except requests.ConnectionError as error:
+                raise PredictionError("UNAVAILABLE", str(error)) from None
+            except requests.Timeout:
+                raise PredictionError("DEADLINE_EXCEEDED", f"No answer in {self.timeout_seconds}s") from None
+            if response.status_code != 200:
+                raise PredictionError(_code_of_http_status(response.status_code), _error_text(response))
+            return response.json()
+
+        return self._with_retries(attempt)
+
+    def signature(self) -> Signature:
+        if self._signature is None:
+            metadata = self._request("GET", f"{self._model_url}/metadata")
+            signature = metadata["metadata"]["signature_def"]["signature_def"][
+                self.signature_name or "serving_default"
+            ]
+            self._signature = Signature.from_dtype_enums(
+                {
+                    alias: types_pb2.DataType.Value(info["dtype"])
+                    for alias, info in signature["inputs"].items()
+                },
+                {
+                    alias: types_pb2.DataType.Value(info["dtype"])
+                    for alias, info in signature["outputs"].items()
+                },
+            )
+        return self._signature
+
+    def predict(self, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        signature = self.signature()
+        dtypes = signature.inputs
+        payload = {
+            "inputs": {
+                alias: _jsonable(np.asarray(value, dtype=dtypes.get(alias)))
+                for alias, value in inputs.items()
+            }
+        }
+        if self.signature_name:
+            payload["signature_name"] = self.signature_name
+        outputs = self._request("POST", f"{self._model_url}:predict", json.dumps(payload))["outputs"]
+        if len(signature.outputs) == 1:  # one output comes back as the bare tensor, without its alias
+            outputs = {next(iter(signature.outputs)): outputs}
+        return {alias: np.asarray(value, dtype=signature.outputs[alias]) for alias, value in outputs.items()}
+
+    def close(self) -> None:
+        self._session.close()
+
+
+_HTTP_CODES = {
+    400: "INVALID_ARGUMENT",
+    404: "NOT_FOUND",
+    413: "RESOURCE_EXHAUSTED",
+    429: "RESOURCE_EXHAUSTED",
+    501: "UNIMPLEMENTED",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
+
+
+def _code_of_http_status(status: int) -> str:
+    return _HTTP_CODES.get(status, "INTERNAL" if status >= 500 else "UNKNOWN")
+
+
+def _error_text(response: requests.Response) -> str:
+    try:
+        return response.json()["error"]
+    except (ValueError, KeyError, TypeError):
+        return response.text
+
+
+def _jsonable(array: np.ndarray) -> Any:
+    if array.dtype.kind in "SO":
+        return np.vectorize(lambda v: v.decode("utf-8") if isinstance(v, bytes) else v, otypes=[object])(
+            array
+        ).tolist()
+    return array.tolist()
+
+
+def connect(server: str, model_name: str, **kwargs: Any) -> PredictClient:
+    """A client for `server`: `grpc://host:port` or `host:port` for gRPC, `http(s)://host:port` for REST."""
+    parsed = urlparse(server if "://" in server else f"grpc://{server}")
+    if parsed.scheme == "grpc":
+        return GrpcClient(parsed.netloc, model_name, **kwargs)
+    if parsed.scheme in ("http", "https"):
+        return RestClient(f"{parsed.scheme}://{parsed.netloc}", model_name, **kwargs)
+    raise ValueError(f"Unknown scheme in --server={server}; use grpc://host:port or http://host:port.")

@@ -14,8 +14,7 @@ $(BIN)/.installed: pyproject.toml requirements.lock
 
 demo: $(BIN)/.installed
 	rm -rf $(DEMO_DIR)
-	$(BIN)/mtl train_and_evaluate --model=mmoe --model_dir=$(DEMO_DIR)
-	$(BIN)/mtl export --model_dir=$(DEMO_DIR)
+	$(BIN)/mtl demo --model=mmoe --model_dir=$(DEMO_DIR)
 
 test: $(BIN)/.installed
 	$(BIN)/ruff check pipeline serving tests

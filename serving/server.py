@@ -82,6 +82,8 @@ class ModelServer:
             options=[
                 ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_GRPC_MESSAGE_BYTES),
+                # gRPC shares ports by default on Linux: a second server would silently split the traffic.
+                ("grpc.so_reuseport", 0),
             ],
         )
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(

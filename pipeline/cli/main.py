@@ -6,6 +6,7 @@
     mtl train_and_evaluate --model_dir=runs/mmoe
     mtl serve --model_name=mmoe --model_base_path=runs/mmoe/export
     mtl predict --server=localhost:8500 --model_name=mmoe --input=rows.jsonl
+    mtl demo --model_dir=runs/demo     # train_and_evaluate, export, serve, query over REST and gRPC
 
 Later stages read the model config from `model_dir`. `--flagfile=FILE` reads flags from a file (named
 experiments); `mtl --helpfull` lists every flag.
@@ -18,6 +19,7 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported
 
 import contextlib  # noqa: E402
+import dataclasses  # noqa: E402
 import json  # noqa: E402
 import logging as std_logging  # noqa: E402
 import signal  # noqa: E402
@@ -27,6 +29,7 @@ from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import TextIO  # noqa: E402
 
+import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, logging  # noqa: E402
 
@@ -35,6 +38,7 @@ from pipeline import model_dir as model_dir_files  # noqa: E402
 from pipeline.cli import flags as cli_flags  # noqa: E402
 from pipeline.errors import ConfigError, UserError  # noqa: E402
 from pipeline.estimator import Estimator  # noqa: E402
+from serving import config as serving_config  # noqa: E402
 from serving import rows  # noqa: E402
 from serving.client import PredictionError, connect  # noqa: E402
 from serving.server import ModelServer  # noqa: E402
@@ -79,11 +83,15 @@ def evaluate() -> None:
     _print_results(estimator.evaluate(_input_fn(estimator, "eval")))
 
 
-def export() -> None:
+def _export_base() -> str:
+    return FLAGS.export_base or str(Path(FLAGS.model_dir) / "export")
+
+
+def export() -> Path:
     estimator = _estimator(require_saved=True)
-    export_base = FLAGS.export_base or str(Path(FLAGS.model_dir) / "export")
-    path = estimator.export(export_base, exports_to_keep=FLAGS.exports_to_keep)
+    path = estimator.export(_export_base(), exports_to_keep=FLAGS.exports_to_keep)
     print(f"Exported {path}")
+    return path
 
 
 def train_and_evaluate() -> None:
@@ -114,6 +122,7 @@ def serve() -> None:
         flush=True,
     )
     server.wait()
+    logging.info("Server stopped.")
 
 
 def predict() -> None:
@@ -135,16 +144,45 @@ def predict() -> None:
             for batch in rows.batches(columns, FLAGS.predict_batch_size):
                 predictions = client.predict(batch)
                 for index in range(len(next(iter(batch.values())))):
-                    row = {task: values[index].item() for task, values in sorted(predictions.items())}
+                    row = {task: _shortest(values[index]) for task, values in sorted(predictions.items())}
                     out.write(json.dumps(row) + "\n")
         except PredictionError as error:
             raise ConfigError(f"the server answered {error.code}: {error.message}") from None
+
+
+def _shortest(value: np.generic) -> object:
+    """A float32 as its shortest round-trip decimal (0.1645074, not 0.1645074039697647)."""
+    return float(str(value)) if value.dtype.kind == "f" else value.item()
 
 
 def _output() -> contextlib.AbstractContextManager[TextIO]:
     if FLAGS.output:
         return open(FLAGS.output, "w")  # noqa: SIM115  (closed by the caller's with)
     return contextlib.nullcontext(sys.stdout)
+
+
+def demo() -> None:
+    """The main job end to end: train, evaluate, export, serve, query over REST and gRPC, stop."""
+    train_and_evaluate()
+    version = export()
+    config = model_dir_files.load_config(FLAGS.model_dir)
+    model_name = config.model.architecture
+    features, labels = data.examples(config.data, "eval", count=3)
+    options = dataclasses.replace(cli_flags.server_options(), grpc_port=0, rest_port=0, poll_seconds=0)
+    with ModelServer(serving_config.single_model(model_name, version.parent), options) as server:
+        answers = {}
+        for protocol, address in (
+            ("REST", f"http://127.0.0.1:{server.rest_port}"),
+            ("gRPC", f"grpc://127.0.0.1:{server.grpc_port}"),
+        ):
+            with connect(address, model_name) as client:
+                answers[protocol] = client.predict(features)
+    print(f"Predictions of {model_name} version {version.name} for 3 evaluation rows:")
+    tasks = {task.name: task.label for task in config.model.tasks}
+    for task in sorted(answers["REST"]):
+        for source, values in (("label", labels[tasks[task]]), *((p, a[task]) for p, a in answers.items())):
+            print(f"  {task:<10} {source:<5} " + "  ".join(f"{value:9.4f}" for value in values))
+    print("Server stopped.")
 
 
 STAGES: dict[str, Callable[[], None]] = {
@@ -154,6 +192,7 @@ STAGES: dict[str, Callable[[], None]] = {
     "train_and_evaluate": train_and_evaluate,
     "serve": serve,
     "predict": predict,
+    "demo": demo,
 }
 
 

@@ -38,6 +38,13 @@ def default_task_labels(config: DataConfig) -> tuple[str, ...]:
     return synthetic.DEFAULT_TASKS
 
 
+def examples(config: DataConfig, split: str, count: int) -> tuple[dict, dict]:
+    """The first `count` examples of `split` as numpy `(features, labels)`."""
+    _check_source(config)
+    features, labels = synthetic.generate(config.synthetic, split)
+    return {k: v[:count] for k, v in features.items()}, {k: v[:count] for k, v in labels.items()}
+
+
 def input_fn(config: DataConfig, split: str, train: TrainConfig) -> InputFn:
     """An Estimator-style input function for `strategy.distribute_datasets_from_function`.
 

@@ -1,67 +1,10 @@
 """The `mtl` command as a user runs it: a separate process, flags, exit codes and what it prints."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-SMALL = [
-    "--synthetic_examples=2048",
-    "--synthetic_eval_examples=512",
-    "--batch_size=64",
-    "--num_experts=4",
-    "--log_every_steps=20",
-    "--save_checkpoints_steps=20",
-]
-
-
-def _env(tf_config: str = "") -> dict[str, str]:
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    env.pop("TF_CONFIG", None)
-    if tf_config:
-        env["TF_CONFIG"] = tf_config
-    return env
-
-
-def mtl(*args: str) -> subprocess.CompletedProcess:
-    """Runs `mtl ARGS` to completion."""
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline", *args], capture_output=True, text=True, timeout=300, env=_env()
-    )
-
-
-def mtl_process(*args: str, tf_config: str) -> subprocess.Popen:
-    """Starts `mtl ARGS` as one task of a cluster described by `tf_config`."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "pipeline", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=_env(tf_config),
-    )
-
-
-def assert_one_line_error(result: subprocess.CompletedProcess, stage: str, message: str) -> None:
-    assert result.returncode == 2, result.stderr
-    assert "Traceback" not in result.stderr
-    last_line = result.stderr.strip().splitlines()[-1]
-    assert last_line == f"mtl {stage}: error: {message}", last_line
-
-
-@pytest.fixture(scope="module")
-def trained_dir(tmp_path_factory) -> Path:
-    """An OMoE trained for 40 steps from a flag file, as a named experiment would be."""
-    root = tmp_path_factory.mktemp("cli")
-    flagfile = root / "omoe_small.flags"
-    flagfile.write_text("\n".join(["--model=omoe", "--max_steps=40", *SMALL]) + "\n")
-    model_dir = root / "omoe"
-    result = mtl("train", f"--flagfile={flagfile}", f"--model_dir={model_dir}")
-    assert result.returncode == 0, result.stderr
-    assert "step 40/40 (100%)" in result.stderr
-    return model_dir
+from tests.cli.commands import assert_one_line_error, mtl
 
 
 def test_train_resume_evaluate_export(trained_dir, tmp_path):
@@ -161,4 +104,5 @@ def test_unknown_stage_and_helpfull():
     assert len(ours) > 30
     text = " ".join(helpfull.stdout.split())  # absl wraps the help lines
     for flag in ours:
-        assert f"--{flag.name}:" in text and " ".join(flag.help.split()) in text, flag.name
+        shown = f"--[no]{flag.name}:" if flag.boolean else f"--{flag.name}:"
+        assert shown in text and " ".join(flag.help.split()) in text, flag.name

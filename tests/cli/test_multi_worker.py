@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from tests.cli.test_cli import SMALL, mtl_process
+from tests.cli.commands import SMALL, mtl_process
 
 
 def _free_ports(count: int) -> list[int]:

@@ -1,0 +1,99 @@
+"""`mtl serve` and `mtl predict` as separate processes, as a user runs them."""
+
+import json
+import re
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tests.cli.commands import _env, assert_one_line_error, mtl
+
+
+@pytest.fixture(scope="module")
+def served(trained_dir, tmp_path_factory):
+    """`mtl serve` of the CLI tests' trained OMoE, on ports the OS picks."""
+    export_base = tmp_path_factory.mktemp("serve") / "omoe"
+    assert mtl("export", f"--model_dir={trained_dir}", f"--export_base={export_base}").returncode == 0
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pipeline",
+            "serve",
+            "--model_name=omoe",
+            f"--model_base_path={export_base}",
+            "--port=0",
+            "--rest_api_port=0",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(),
+    )
+    line = process.stdout.readline()
+    match = re.search(r"REST (http://\S+), gRPC (\S+)\. Ctrl-C stops\.", line)
+    assert match, (line, process.stderr.read() if process.poll() is not None else "")
+    yield {"rest": match.group(1), "grpc": match.group(2), "export": export_base, "process": process}
+    if process.poll() is None:
+        process.kill()
+
+
+@pytest.mark.parametrize("scheme", ["rest", "grpc"])
+def test_predict_prints_per_task_predictions_of_each_row(served, tmp_path, scheme):
+    rows = np.random.default_rng(2).normal(size=(5, 100)).astype(np.float32)
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps({"inputs": r.tolist()}) + "\n" for r in rows))
+    server = served["rest"] if scheme == "rest" else served["grpc"]
+    result = mtl(
+        "predict",
+        f"--server={server}",
+        "--model_name=omoe",
+        f"--input={tmp_path / 'rows.jsonl'}",
+        "--predict_batch_size=2",
+    )
+    assert result.returncode == 0, result.stderr
+    printed = [json.loads(line) for line in result.stdout.splitlines()]
+    (version,) = list(served["export"].iterdir())
+    expected = tf.saved_model.load(str(version)).signatures["serving_default"](inputs=tf.constant(rows))
+    assert [sorted(p) for p in printed] == [["y1", "y2"]] * 5
+    for task in ("y1", "y2"):  # batches of 2 against one of 5: oneDNN may round the last bit differently
+        np.testing.assert_allclose(np.float32([p[task] for p in printed]), expected[task].numpy(), rtol=1e-6)
+
+
+def test_predict_reports_server_and_input_mistakes_in_one_line(served, tmp_path):
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text('{"inputs": [0.5]}\n')
+    result = mtl("predict", f"--server={served['grpc']}", "--model_name=omoe", f"--input={rows}")
+    assert_one_line_error(
+        result,
+        "predict",
+        "the server answered INVALID_ARGUMENT: "
+        "input 'inputs' has shape [1,1] but the signature expects [-1,100]",
+    )
+    rows.write_text('{"features": [0.5]}\n')
+    result = mtl("predict", f"--server={served['rest']}", "--model_name=omoe", f"--input={rows}")
+    assert_one_line_error(result, "predict", f"{rows} row 1: missing input 'inputs' (inputs: inputs).")
+    result = mtl("predict", f"--server={served['rest']}", "--model_name=wrong", f"--input={rows}")
+    assert_one_line_error(
+        result, "predict", "the server answered NOT_FOUND: Servable not found for request: Latest(wrong)"
+    )
+
+
+def test_serve_refuses_a_busy_port_and_stops_on_sigterm(served):
+    port = served["grpc"].rsplit(":", 1)[1]
+    busy = mtl(
+        "serve",
+        "--model_name=omoe",
+        f"--model_base_path={served['export']}",
+        f"--port={port}",
+        "--rest_api_port=0",
+    )
+    assert busy.returncode == 2 and "Traceback" not in busy.stderr
+    assert f"Cannot listen for gRPC on 127.0.0.1:{port}" in busy.stderr.strip().splitlines()[-1]
+
+    process = served["process"]
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=30) == 0

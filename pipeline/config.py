@@ -28,26 +28,44 @@ METRICS_BY_TYPE = {"binary": ("auc", "log_loss"), "regression": ("rmse", "mae")}
 OUTPUT_ACTIVATIONS = ("sigmoid", "linear", "relu", "softplus", "exponential")
 HIDDEN_ACTIVATIONS = ("relu", "gelu", "silu", "tanh", "elu", "selu", "sigmoid", "linear")
 OPTIMIZERS = ("adam", "adagrad", "sgd", "rmsprop")
-FEATURE_KINDS = ("numeric",)
+FEATURE_KINDS = ("numeric", "categorical", "hashed")
+TABULAR_FORMATS = ("csv", "tfrecord")
+LINE_SPLITS = ("", "80/10/10", "halves")
 
 
 @dataclasses.dataclass(frozen=True)
 class FeatureConfig:
-    """One raw input of the model, as named in the serving signature.
+    """One raw input of the model, as named in the serving signature, and how the model preprocesses it.
 
-    `dim` is the width of a numeric feature: 1 means a scalar column (`[batch]`), more means a vector
-    (`[batch, dim]`).
+    `numeric`: float `[batch]` (`dim` 1) or `[batch, dim]`, normalised with `mean` and `variance` when given.
+    `categorical`: string `[batch]`, looked up in `vocabulary` (unseen values go to `oov_buckets`), embedded.
+    `hashed`: string `[batch]`, hashed into `hash_buckets`, embedded. The statistics come from training data.
     """
 
     name: str
     kind: str = "numeric"
     dim: int = 1
+    mean: float | None = None
+    variance: float | None = None
+    vocabulary: tuple[str, ...] = ()
+    oov_buckets: int = 1
+    hash_buckets: int = 0
+    embedding_dim: int = 4
 
     def validate(self) -> None:
         if not self.name:
             raise invalid("feature.name", self.name, "must be a non-empty string")
-        check_choice(f"features[{self.name}].kind", self.kind, FEATURE_KINDS)
-        check_positive_int(f"features[{self.name}].dim", self.dim)
+        where = f"features[{self.name}]"
+        check_choice(f"{where}.kind", self.kind, FEATURE_KINDS)
+        check_positive_int(f"{where}.dim", self.dim)
+        if self.kind != "numeric":
+            check_positive_int(f"{where}.embedding_dim", self.embedding_dim)
+        if self.kind == "categorical":
+            check_positive_int(f"{where}.oov_buckets", self.oov_buckets)
+        if self.kind == "hashed":
+            check_positive_int(f"{where}.hash_buckets", self.hash_buckets)
+        if self.variance is not None and self.variance < 0:
+            raise invalid(f"{where}.variance", self.variance, "must be >= 0")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,15 +176,43 @@ class SyntheticDataConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class TabularDataConfig:
+    """Rows of raw columns in CSV (plain or gzip) or TFRecord files, described by a schema.
+
+    `schema` is the resolved schema as a JSON object (see `pipeline.data.schema`). `line_split` carves splits
+    out of files by line number: "80/10/10" gives lines 1-8 of every 10 to train, the 9th to eval, the 10th to
+    test; "halves" trains on `train_files` whole and gives odd lines of the eval files to eval, even to test.
+    """
+
+    format: str = "csv"
+    train_files: tuple[str, ...] = ()
+    eval_files: tuple[str, ...] = ()
+    schema: dict = dataclasses.field(default_factory=dict)
+    line_split: str = ""
+    skip_bad_rows: bool = False
+
+    def validate(self) -> None:
+        check_choice("data format", self.format, TABULAR_FORMATS)
+        check_choice("line_split", self.line_split, LINE_SPLITS)
+        if not self.train_files:
+            raise ConfigError("--train_files matches no file.")
+        if not self.eval_files:
+            raise ConfigError("--eval_files matches no file.")
+
+
+@dataclasses.dataclass(frozen=True)
 class DataConfig:
     """Which data source feeds the model, and its settings."""
 
     source: str = "synthetic"
     synthetic: SyntheticDataConfig = SyntheticDataConfig()
+    tabular: TabularDataConfig = TabularDataConfig()
 
     def validate(self) -> None:
         if self.source == "synthetic":
             self.synthetic.validate()
+        else:
+            self.tabular.validate()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -219,6 +265,7 @@ _NESTED = {
     ("ModelConfig", "features"): FeatureConfig,
     ("ModelConfig", "tasks"): TaskConfig,
     ("DataConfig", "synthetic"): SyntheticDataConfig,
+    ("DataConfig", "tabular"): TabularDataConfig,
     ("ExperimentConfig", "model"): ModelConfig,
     ("ExperimentConfig", "data"): DataConfig,
     ("ExperimentConfig", "train"): TrainConfig,

@@ -20,7 +20,7 @@ from keras.export import ExportArchive
 from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
 from pipeline.errors import ExportError
-from pipeline.features import feature_specs
+from pipeline.features import feature_spec, feature_specs
 from pipeline.models import MultiTaskModel
 
 SIGNATURE = "serving_default"
@@ -51,16 +51,25 @@ def _check_export_base(export_base: str | os.PathLike) -> Path:
 def sample_features(model: MultiTaskModel, batch_size: int, seed: int = 0) -> dict[str, np.ndarray]:
     """A deterministic batch of raw inputs shaped like the serving signature's."""
     rng = np.random.default_rng(seed)
-    specs = feature_specs(model.config.features)
-    return {
-        name: rng.normal(size=(batch_size, *spec.shape[1:])).astype(spec.dtype.as_numpy_dtype)
-        for name, spec in specs.items()
-    }
+    samples = {}
+    for feature in model.config.features:
+        spec = feature_spec(feature)
+        if spec.dtype == tf.string:
+            # Known values, an unseen one (the out-of-vocabulary path) and the empty string.
+            known = list(feature.vocabulary) or ["a", "b"]
+            choices = np.array([*known, "<unseen>", ""], dtype=object)
+            samples[feature.name] = choices[rng.integers(0, len(choices), size=batch_size)]
+        else:
+            samples[feature.name] = rng.normal(size=(batch_size, *spec.shape[1:])).astype(np.float32)
+    return samples
 
 
 def _write_saved_model(model: MultiTaskModel, path: Path) -> None:
     archive = ExportArchive()
     archive.track(model)
+    # Vocabulary lookup tables are TF resources, not variables: Keras does not reach them through the model.
+    for layer in model.encoder.lookup_layers():
+        archive.track(layer)
     archive.add_endpoint(
         SIGNATURE,
         tf.function(lambda features: model(features, training=False)),

@@ -20,9 +20,12 @@ from pipeline.config import (
     ExperimentConfig,
     ModelConfig,
     SyntheticDataConfig,
+    TabularDataConfig,
     TaskConfig,
     TrainConfig,
 )
+from pipeline.data import census, tabular
+from pipeline.data.schema import load_schema, schema_to_dict
 from pipeline.distribute import STRATEGIES
 from pipeline.errors import ConfigError
 from serving import config as serving_config
@@ -56,7 +59,14 @@ flags.DEFINE_list("task_losses", [], "log_loss, mse or huber, one per task (defa
 flags.DEFINE_list("task_weights", [], "Loss weight of each task (default: 1 each).")
 
 # -- data -----------------------------------------------------------------------------------------
-flags.DEFINE_string("data", "synthetic", "Data source: synthetic.")
+flags.DEFINE_string("data", "synthetic", "Data source: synthetic, census, csv or tfrecord.")
+flags.DEFINE_string("data_dir", None, "census: directory of the UCI files (census-income.test.gz, ...).")
+flags.DEFINE_integer("census_group", 1, "census: task group 1 (income, marital) or 2 (education, marital).")
+flags.DEFINE_list("train_files", [], "csv/tfrecord: training file patterns (comma-separated globs).")
+flags.DEFINE_list("eval_files", [], "csv/tfrecord: evaluation file patterns.")
+flags.DEFINE_string("schema", None, "csv/tfrecord: the feature schema JSON file (see README, Your own data).")
+flags.DEFINE_boolean("skip_bad_rows", False, "Skip (and count) malformed CSV rows instead of stopping.")
+flags.DEFINE_enum("eval_split", "eval", ["eval", "test"], "evaluate: the held-out split to evaluate on.")
 _SYNTHETIC = SyntheticDataConfig()
 flags.DEFINE_integer("synthetic_examples", _SYNTHETIC.num_examples, "Synthetic training examples.")
 flags.DEFINE_integer("synthetic_eval_examples", _SYNTHETIC.eval_examples, "Synthetic evaluation examples.")
@@ -105,8 +115,11 @@ flags.DEFINE_string(
 )
 flags.DEFINE_string("input", None, "predict: rows as .jsonl (a JSON object per line) or .csv with a header.")
 flags.DEFINE_string(
-    "output", None, "predict: file for the predictions, a JSON object per row (default: stdout)."
+    "output",
+    None,
+    "predict: file of predictions, a JSON object per row (default: stdout); data: TFRecord dir.",
 )
+flags.DEFINE_integer("shards", 4, "data: TFRecord shards per split written to --output.")
 flags.DEFINE_string("signature_name", "", "predict: signature to run (default: serving_default).")
 flags.DEFINE_integer("model_version", None, "predict: a specific version (default: the newest).")
 flags.DEFINE_string("version_label", None, "predict: a version label, such as stable.")
@@ -133,6 +146,8 @@ def _per_task(flag: str, values: list[str], labels: list[str]) -> list[str]:
 
 
 def _tasks(data_config: DataConfig) -> tuple[TaskConfig, ...]:
+    if data_config.source != "synthetic":
+        return _schema_tasks(data_config)
     available = data.label_columns(data_config)
     labels = FLAGS.task_labels or list(data.default_task_labels(data_config))
     for label in labels:
@@ -158,7 +173,46 @@ def _tasks(data_config: DataConfig) -> tuple[TaskConfig, ...]:
     return tuple(tasks)
 
 
+def _schema_tasks(data_config: DataConfig) -> tuple[TaskConfig, ...]:
+    for flag in ("task_types", "task_losses", "task_weights"):
+        if FLAGS[flag].value:
+            raise ConfigError(f"--{flag}: with --data={data_config.source} the tasks are set in the schema.")
+    tasks = data.tasks(data_config)
+    if not FLAGS.task_labels:
+        return tasks
+    by_name = {task.name: task for task in tasks}
+    for label in FLAGS.task_labels:
+        if label not in by_name:
+            raise ConfigError(f"--task_labels: {label!r} is not a task of the schema ({', '.join(by_name)}).")
+    return tuple(by_name[label] for label in FLAGS.task_labels)
+
+
+def _tabular_config() -> TabularDataConfig:
+    if FLAGS.data == "census":
+        if not FLAGS.data_dir:
+            raise ConfigError("--data=census needs --data_dir, the directory of the UCI files.")
+        return census.data_config(FLAGS.data_dir, FLAGS.census_group, FLAGS.skip_bad_rows)
+    if not FLAGS.schema:
+        raise ConfigError(f"--data={FLAGS.data} needs --schema, a feature schema JSON file.")
+    train_files = tabular.expand_patterns("train_files", FLAGS.train_files)
+    eval_files = tabular.expand_patterns("eval_files", FLAGS.eval_files)
+    schema = tabular.resolve_columns(load_schema(FLAGS.schema), train_files, FLAGS.data)
+    return TabularDataConfig(
+        format=FLAGS.data,
+        train_files=train_files,
+        eval_files=eval_files,
+        schema=schema_to_dict(schema),
+        skip_bad_rows=FLAGS.skip_bad_rows,
+    )
+
+
 def _data_config() -> DataConfig:
+    if FLAGS.data not in data.SOURCES:
+        raise ConfigError(f"Unknown data source {FLAGS.data!r}. Valid sources: {', '.join(data.SOURCES)}.")
+    if FLAGS.data != "synthetic":
+        return DataConfig(source=FLAGS.data, tabular=_tabular_config())
+    if not FLAGS.train_files and not FLAGS.eval_files and FLAGS.data_dir:
+        raise ConfigError("--data_dir is for --data=census.")
     return DataConfig(
         source=FLAGS.data,
         synthetic=SyntheticDataConfig(
@@ -173,13 +227,17 @@ def _data_config() -> DataConfig:
     )
 
 
-def config_from_flags() -> ExperimentConfig:
-    """The experiment the flags describe, ignoring anything saved."""
+def config_from_flags(with_features: bool = True) -> ExperimentConfig:
+    """The experiment the flags describe, ignoring anything saved.
+
+    `with_features=False` skips the model's input features, which for tables means a pass over the
+    training data to learn vocabularies and statistics.
+    """
     data_config = _data_config()
     data_config.validate()
     model = ModelConfig(
         architecture=FLAGS.model,
-        features=data.features(data_config),
+        features=data.features(data_config) if with_features else (),
         tasks=_tasks(data_config),
         num_experts=FLAGS.num_experts,
         expert_units=_ints("expert_units", FLAGS.expert_units),
@@ -215,6 +273,8 @@ _FIXED_FLAGS: dict[str, Callable[[ExperimentConfig], Any]] = {
     "synthetic_c": lambda c: c.data.synthetic.c,
     "synthetic_m": lambda c: c.data.synthetic.m,
     "synthetic_seed": lambda c: c.data.synthetic.seed,
+    "census_group": lambda c: c.data.tabular.schema.get("tasks") if c.data.source == "census" else None,
+    "schema": lambda c: c.data.tabular.schema if c.data.source in ("csv", "tfrecord") else None,
 }
 
 
@@ -230,9 +290,9 @@ def resolve_config(saved: ExperimentConfig | None, config_path: str) -> Experime
     Raises:
         ConfigError: an explicit model or data flag disagrees with the saved config, or a value is bad.
     """
-    requested = config_from_flags()
     if saved is None:
-        return requested.validate()
+        return config_from_flags().validate()
+    requested = config_from_flags(with_features=False)
     for flag, value_of in _FIXED_FLAGS.items():
         if FLAGS[flag].present and value_of(requested) != value_of(saved):
             raise ConfigError(
@@ -244,7 +304,18 @@ def resolve_config(saved: ExperimentConfig | None, config_path: str) -> Experime
         for field in _TRAIN_FIELDS
         if FLAGS[field.name].present
     }
-    return dataclasses.replace(saved, train=dataclasses.replace(saved.train, **train_overrides)).validate()
+    resolved = dataclasses.replace(saved, train=dataclasses.replace(saved.train, **train_overrides))
+    # Files may move between runs: explicit data paths and the bad-row policy replace the saved ones.
+    if saved.data.source != "synthetic" and any(
+        FLAGS[f].present for f in ("data_dir", "train_files", "eval_files", "skip_bad_rows")
+    ):
+        tabular_data = dataclasses.replace(
+            requested.data.tabular, schema=saved.data.tabular.schema, line_split=saved.data.tabular.line_split
+        )
+        resolved = dataclasses.replace(
+            resolved, data=dataclasses.replace(resolved.data, tabular=tabular_data)
+        )
+    return resolved.validate()
 
 
 def model_sources() -> list[serving_config.ModelSource]:

@@ -7,6 +7,7 @@
     mtl serve --model_name=mmoe --model_base_path=runs/mmoe/export
     mtl predict --server=localhost:8500 --model_name=mmoe --input=rows.jsonl
     mtl demo --model_dir=runs/demo     # train_and_evaluate, export, serve, query over REST and gRPC
+    mtl data --data=csv --schema=s.json --train_files=a.csv --eval_files=b.csv [--output=DIR]
 
 Later stages read the model config from `model_dir`. `--flagfile=FILE` reads flags from a file (named
 experiments); `mtl --helpfull` lists every flag.
@@ -36,6 +37,7 @@ from absl import app, logging  # noqa: E402
 from pipeline import data, distribute  # noqa: E402
 from pipeline import model_dir as model_dir_files  # noqa: E402
 from pipeline.cli import flags as cli_flags  # noqa: E402
+from pipeline.data import tabular  # noqa: E402
 from pipeline.errors import ConfigError, UserError  # noqa: E402
 from pipeline.estimator import Estimator  # noqa: E402
 from serving import config as serving_config  # noqa: E402
@@ -80,7 +82,7 @@ def train() -> None:
 
 def evaluate() -> None:
     estimator = _estimator(require_saved=True)
-    _print_results(estimator.evaluate(_input_fn(estimator, "eval")))
+    _print_results(estimator.evaluate(_input_fn(estimator, FLAGS.eval_split)))
 
 
 def _export_base() -> str:
@@ -103,6 +105,20 @@ def train_and_evaluate() -> None:
         eval_every_steps=FLAGS.eval_every_steps,
     )
     _print_results(results)
+
+
+def data_stage() -> None:
+    """Checks data files against their schema and describes them; with --output, writes TFRecord shards."""
+    config = cli_flags.config_from_flags(with_features=False)
+    if config.data.source == "synthetic":
+        raise ConfigError("mtl data inspects tables: use --data=census, csv or tfrecord.")
+    table = data.tabular(config.data)
+    for split in ("train", "eval"):
+        for line in tabular.summarize(table, split):
+            print(line)
+        if FLAGS.output:
+            paths = table.write_tfrecords(split, FLAGS.output, FLAGS.shards)
+            print(f"Wrote {len(paths)} TFRecord shards of {split} to {FLAGS.output}")
 
 
 def serve() -> None:
@@ -193,6 +209,7 @@ STAGES: dict[str, Callable[[], None]] = {
     "serve": serve,
     "predict": predict,
     "demo": demo,
+    "data": data_stage,
 }
 
 

@@ -58,7 +58,10 @@ class MultiTaskModel(keras.Model):
     def build_variables(self) -> None:
         """Creates every variable by calling the model once on a zero batch of the configured features."""
         self(
-            {f.name: np.zeros((1, f.dim), np.float32) for f in self.config.features},
+            {
+                f.name: np.zeros((1, f.dim), np.float32) if f.kind == "numeric" else np.array([""], object)
+                for f in self.config.features
+            },
             training=False,
         )
 

@@ -1,0 +1,204 @@
+"""The feature schema: how a table of raw columns becomes the model's features and tasks.
+
+A schema is a JSON file (the one format; see README "Your own data"):
+
+    {
+      "columns": ["age", "education", "income"],           // CSV column order; omit when the CSV has a header
+      "csv": {"header": false, "delimiter": ",", "strip": true, "na_values": ["?"]},
+      "features": [
+        {"name": "age", "type": "numeric"},                 // normalised with training-data mean and variance
+        {"name": "education", "type": "categorical", "embedding_dim": 4},   // learned vocabulary + 1 OOV
+        {"name": "occupation", "type": "hashed", "hash_buckets": 64, "embedding_dim": 4}
+      ],
+      "drop": ["instance_weight"],
+      "tasks": [
+        {"name": "high_income", "column": "income", "positive_values": ["50000+."],
+         "type": "binary", "loss": "log_loss", "weight": 1.0}
+      ]
+    }
+
+Every column is a feature, a task's label column or dropped, so nothing is used (or leaked) by accident. A
+binary task's label is 1 where the column's value is one of `positive_values`; a regression task's label is
+the column's number.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+from pipeline.checks import check_choice, check_positive_int, check_unique, invalid
+from pipeline.config import LOSSES_BY_TYPE, TASK_TYPES, TaskConfig
+from pipeline.errors import ConfigError
+
+FEATURE_TYPES = ("numeric", "categorical", "hashed")
+
+
+@dataclasses.dataclass(frozen=True)
+class CsvFormat:
+    """How CSV lines split into fields. `strip` removes spaces around fields (census uses `", "`)."""
+
+    header: bool = True
+    delimiter: str = ","
+    strip: bool = True
+    na_values: tuple[str, ...] = ("",)
+
+
+@dataclasses.dataclass(frozen=True)
+class SchemaFeature:
+    name: str
+    type: str = "numeric"
+    embedding_dim: int = 4
+    hash_buckets: int = 0
+    oov_buckets: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class SchemaTask:
+    name: str
+    column: str
+    type: str = "binary"
+    loss: str = ""
+    weight: float = 1.0
+    positive_values: tuple[str, ...] = ()
+
+    def task_config(self) -> TaskConfig:
+        """The model's view of this task; its label is the derived label, keyed by the task's name."""
+        return TaskConfig(
+            name=self.name,
+            label=self.name,
+            type=self.type,
+            loss=self.loss or LOSSES_BY_TYPE[self.type][0],
+            weight=self.weight,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class Schema:
+    columns: tuple[str, ...] = ()
+    csv: CsvFormat = CsvFormat()
+    features: tuple[SchemaFeature, ...] = ()
+    drop: tuple[str, ...] = ()
+    tasks: tuple[SchemaTask, ...] = ()
+
+    @property
+    def label_columns(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(task.column for task in self.tasks))
+
+    @property
+    def used_columns(self) -> tuple[str, ...]:
+        """Feature and label columns, in schema order."""
+        return tuple(dict.fromkeys([f.name for f in self.features] + list(self.label_columns)))
+
+    def numeric_columns(self) -> set[str]:
+        """Columns parsed as numbers: numeric features and regression labels."""
+        numeric = {f.name for f in self.features if f.type == "numeric"}
+        return numeric | {t.column for t in self.tasks if t.type == "regression"}
+
+    def with_columns(self, columns: tuple[str, ...]) -> Schema:
+        return dataclasses.replace(self, columns=tuple(columns))
+
+    def validate(self) -> Schema:
+        """Checks the schema on its own and against its columns; errors name the field and the value."""
+        if not self.features:
+            raise invalid("schema.features", [], "must name at least one feature")
+        if not self.tasks:
+            raise invalid("schema.tasks", [], "must name at least one task")
+        check_unique("schema.features", [f.name for f in self.features])
+        check_unique("schema.tasks", [t.name for t in self.tasks])
+        for i, feature in enumerate(self.features):
+            where = f"schema.features[{i}]"
+            if not feature.name:
+                raise invalid(f"{where}.name", feature.name, "must be a column name")
+            check_choice(f"{where}.type", feature.type, FEATURE_TYPES)
+            check_positive_int(f"{where}.embedding_dim", feature.embedding_dim)
+            if feature.type == "hashed":
+                check_positive_int(f"{where}.hash_buckets", feature.hash_buckets)
+            if feature.type == "categorical":
+                check_positive_int(f"{where}.oov_buckets", feature.oov_buckets)
+        for i, task in enumerate(self.tasks):
+            where = f"schema.tasks[{i}]"
+            check_choice(f"{where}.type", task.type, TASK_TYPES)
+            if task.type == "binary" and not task.positive_values:
+                raise invalid(f"{where}.positive_values", [], "must list the values that make the label 1")
+            task.task_config().validate()
+        features = {f.name for f in self.features}
+        for column in self.label_columns:
+            if column in features:
+                raise ConfigError(
+                    f"Column {column!r} is a task's label column and a feature: it would leak the label."
+                )
+        if self.columns:
+            check_unique("schema.columns", list(self.columns))
+            known = set(self.columns)
+            for field, names in (
+                ("features", [f.name for f in self.features]),
+                ("tasks.column", list(self.label_columns)),
+                ("drop", list(self.drop)),
+            ):
+                missing = [n for n in names if n not in known]
+                if missing:
+                    raise ConfigError(
+                        f"schema.{field} names {', '.join(map(repr, missing))}, not among the data's columns "
+                        f"({', '.join(self.columns)})."
+                    )
+            unused = [c for c in self.columns if c not in set(self.used_columns) | set(self.drop)]
+            if unused:
+                raise ConfigError(
+                    f"Columns {', '.join(map(repr, unused))} are neither features, task columns nor in "
+                    "schema.drop; say what they are."
+                )
+        return self
+
+
+def _build(cls: type, values: Any, where: str) -> Any:
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where} must be a JSON object. Received: {values!r}")
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - fields)
+    if unknown:
+        raise ConfigError(
+            f"{where} has unknown field(s) {', '.join(unknown)}; "
+            f"expected some of {', '.join(sorted(fields))}."
+        )
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+
+def schema_to_dict(schema: Schema) -> dict[str, Any]:
+    """The schema as a config stores it: JSON lists, not tuples, so saved and fresh ones compare equal."""
+    return json.loads(json.dumps(dataclasses.asdict(schema)))
+
+
+def schema_from_dict(values: dict[str, Any]) -> Schema:
+    if not isinstance(values, dict):
+        raise ConfigError("A schema must be a JSON object.")
+    values = dict(values)
+    unknown = sorted(set(values) - {f.name for f in dataclasses.fields(Schema)})
+    if unknown:
+        raise ConfigError(f"schema has unknown field(s) {', '.join(unknown)}.")
+    return Schema(
+        columns=tuple(values.get("columns", ())),
+        csv=_build(CsvFormat, values.get("csv", {}), "schema.csv"),
+        features=tuple(
+            _build(SchemaFeature, f, f"schema.features[{i}]")
+            for i, f in enumerate(values.get("features", ()))
+        ),
+        drop=tuple(values.get("drop", ())),
+        tasks=tuple(
+            _build(SchemaTask, t, f"schema.tasks[{i}]") for i, t in enumerate(values.get("tasks", ()))
+        ),
+    )
+
+
+def load_schema(path: str | Path) -> Schema:
+    """Reads and validates a schema file."""
+    path = Path(path)
+    try:
+        values = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"--schema={path} does not exist.") from None
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"--schema={path} is not valid JSON: {error}") from None
+    return schema_from_dict(values).validate()

@@ -112,7 +112,7 @@ def data_stage() -> None:
     config = cli_flags.config_from_flags(with_features=False)
     if config.data.source == "synthetic":
         raise ConfigError("mtl data inspects tables: use --data=census, csv or tfrecord.")
-    table = data.tabular(config.data)
+    table = data.table(config.data)
     for split in ("train", "eval"):
         for line in tabular.summarize(table, split):
             print(line)

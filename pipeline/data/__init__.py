@@ -33,7 +33,7 @@ def _check_source(config: DataConfig) -> None:
 _TABLES: dict[str, TabularData] = {}
 
 
-def tabular(config: DataConfig) -> TabularData:
+def table(config: DataConfig) -> TabularData:
     """The table behind a census, csv or tfrecord source; one per config, so its files are checked once."""
     key = json.dumps(dataclasses.asdict(config.tabular), sort_keys=True)
     if key not in _TABLES:
@@ -46,7 +46,7 @@ def features(config: DataConfig) -> tuple[FeatureConfig, ...]:
     _check_source(config)
     if config.source == "synthetic":
         return synthetic.features(config.synthetic)
-    return tabular(config).feature_configs()
+    return table(config).feature_configs()
 
 
 def tasks(config: DataConfig) -> tuple[TaskConfig, ...]:
@@ -74,7 +74,7 @@ def examples(config: DataConfig, split: str, count: int) -> tuple[dict, dict]:
     if config.source == "synthetic":
         features_, labels = synthetic.generate(config.synthetic, split)
         return {k: v[:count] for k, v in features_.items()}, {k: v[:count] for k, v in labels.items()}
-    data = tabular(config)
+    data = table(config)
     batch = next(iter(data.columns(split, count)))
     features_, labels = data.features_and_labels(batch)
     return {k: _numpy(v) for k, v in features_.items()}, {k: _numpy(v) for k, v in labels.items()}
@@ -103,7 +103,7 @@ def input_fn(config: DataConfig, split: str, train: TrainConfig) -> InputFn:
                 shuffle_buffer=train.shuffle_buffer,
                 input_context=input_context,
             )
-        return tabular(config).make_dataset(
+        return table(config).make_dataset(
             split, batch_size, train.seed, train.shuffle_buffer, input_context=input_context
         )
 

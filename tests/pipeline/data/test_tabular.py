@@ -1,0 +1,119 @@
+import dataclasses
+import gzip
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from pipeline.config import ModelConfig, TabularDataConfig
+from pipeline.data.schema import schema_from_dict, schema_to_dict
+from pipeline.data.tabular import DataError, TabularData, check_csv_files
+from pipeline.models import model_fn
+
+SCHEMA = {
+    "columns": ["age", "job", "city", "income"],
+    "csv": {"header": True, "na_values": ["?", ""]},
+    "features": [
+        {"name": "age", "type": "numeric"},
+        {"name": "job", "type": "categorical", "embedding_dim": 3},
+        {"name": "city", "type": "hashed", "hash_buckets": 8, "embedding_dim": 2},
+    ],
+    "tasks": [{"name": "rich", "column": "income", "positive_values": [">50K"]}],
+}
+TRAIN = ["age,job,city,income", "30, cook, Paris, >50K", "40, cook, Rome, <=50K", "50, pilot, ?, >50K",
+         "?, cook, Oslo, <=50K"]  # fmt: skip
+EVAL = ["age,job,city,income", "35, dancer, Paris, <=50K", "45, pilot, Lima, >50K"]
+
+
+def _table(tmp_path, train=TRAIN, eval_=EVAL, skip=False, fmt="csv", train_files=None, eval_files=None):
+    if train_files is None:
+        (tmp_path / "train.csv.gz").write_bytes(gzip.compress(("\n".join(train) + "\n").encode()))
+        (tmp_path / "eval.csv").write_text("\n".join(eval_) + "\n")
+        train_files, eval_files = (str(tmp_path / "train.csv.gz"),), (str(tmp_path / "eval.csv"),)
+    config = TabularDataConfig(
+        format=fmt, train_files=train_files, eval_files=eval_files, schema=SCHEMA, skip_bad_rows=skip
+    )
+    return TabularData(config)
+
+
+def _batches(table, split):
+    return [table.features_and_labels(batch) for batch in table.columns(split, 2)]
+
+
+def test_rows_become_raw_features_and_derived_labels(tmp_path):
+    (((features, labels), *_),) = [_batches(_table(tmp_path), "eval")]
+    assert features["job"].numpy().tolist() == [b"dancer", b"pilot"]  # stripped
+    np.testing.assert_array_equal(features["age"], [35.0, 45.0])
+    np.testing.assert_array_equal(labels["rich"], [0.0, 1.0])
+
+
+def test_csv_and_tfrecord_give_identical_batches(tmp_path):
+    csv_table = _table(tmp_path)
+    shards = csv_table.write_tfrecords("train", tmp_path / "records", shards=1)
+    record_table = _table(
+        tmp_path, fmt="tfrecord", train_files=tuple(map(str, shards)), eval_files=tuple(map(str, shards))
+    )
+    for (f1, l1), (f2, l2) in zip(_batches(csv_table, "train"), _batches(record_table, "train"), strict=True):
+        for name in f1:
+            np.testing.assert_array_equal(f1[name].numpy(), f2[name].numpy())
+        np.testing.assert_array_equal(l1["rich"], l2["rich"])
+
+
+def test_vocabularies_and_statistics_come_from_training_data_only(tmp_path):
+    age, job, city = _table(tmp_path).feature_configs()
+    ages = np.array([30, 40, 50, 0.0])  # "?" is missing: 0
+    assert age.mean == pytest.approx(ages.mean()) and age.variance == pytest.approx(ages.var())
+    assert job.vocabulary == ("cook", "pilot")  # by frequency; "dancer" is only in eval
+    assert (city.kind, city.hash_buckets, city.vocabulary) == ("hashed", 8, ())
+
+
+def test_unseen_categories_go_to_the_oov_bucket(tmp_path):
+    features = _table(tmp_path).feature_configs()
+    model = model_fn(
+        ModelConfig(
+            architecture="shared_bottom",
+            features=features,
+            tasks=tuple(t.task_config() for t in schema_from_dict(SCHEMA).tasks),
+            bottom_units=(4,),
+        )
+    )
+    lookup = model.encoder.lookup_layers()[0]
+    np.testing.assert_array_equal(lookup(tf.constant(["cook", "pilot", "dancer", "astronaut"])), [1, 2, 0, 0])
+    rows = {"age": np.float32([35, 35]), "job": np.array(["dancer", "astronaut"], object),
+            "city": np.array(["Paris", "Paris"], object)}  # fmt: skip
+    predictions = model(rows)["rich"].numpy()
+    assert predictions[0] == predictions[1]  # both unseen jobs share the OOV embedding
+
+
+def test_a_bad_row_stops_with_its_file_and_line(tmp_path):
+    with pytest.raises(DataError) as error:
+        _table(tmp_path, train=[*TRAIN, "60, cook, Rome"]).feature_configs()
+    assert str(error.value) == (
+        f"{tmp_path / 'train.csv.gz'}:6: expected 4 fields, found 3. "
+        "Fix the row, or pass --skip_bad_rows to skip such rows."
+    )
+    with pytest.raises(DataError, match=r"eval.csv:3: column 'age' holds 'old', not a number"):
+        list(_table(tmp_path, eval_=[*EVAL[:2], "old, pilot, Lima, >50K"]).columns("eval", 8))
+
+
+def test_skipping_bad_rows_counts_and_drops_them(tmp_path, caplog):
+    table = _table(tmp_path, train=[*TRAIN[:2], "60, cook", *TRAIN[2:], "x, pilot, Rome, >50K"], skip=True)
+    assert table.bad_rows("train") == {str(tmp_path / "train.csv.gz"): [3, 7]}
+    ages = np.concatenate([b["age"].numpy() for b in table.columns("train", 3)])
+    np.testing.assert_array_equal(ages, [30, 40, 50, 0])
+
+
+def test_check_csv_files_reports_a_header_that_differs(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text("age,job,town,income\n")
+    schema = schema_from_dict(SCHEMA)
+    with pytest.raises(DataError, match=r"t.csv:1: header \['age', 'job', 'town', 'income'\] differs"):
+        check_csv_files(schema, (str(path),), skip_bad_rows=False)
+
+
+def test_schema_round_trips_through_the_config(tmp_path):
+    schema = schema_from_dict(SCHEMA)
+    assert schema_from_dict(schema_to_dict(schema)) == schema
+    assert dataclasses.replace(
+        _table(tmp_path).config, schema=schema_to_dict(schema)
+    ).schema == schema_to_dict(schema)

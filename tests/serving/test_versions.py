@@ -6,9 +6,13 @@ import time
 
 import numpy as np
 import pytest
+import tensorflow as tf
+from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
 from serving.client import PredictionError, connect
 from serving.config import single_model
+from serving.manager import WARMUP_FILE, ModelManager, _warm_up
+from serving.servable import Servable
 from serving.server import ModelServer, ServerOptions
 
 ROWS = np.random.default_rng(3).normal(size=(2, 100)).astype(np.float32)
@@ -87,3 +91,25 @@ def test_a_broken_version_is_reported_and_the_old_one_keeps_serving(polling_serv
     with connect(f"grpc://127.0.0.1:{server.grpc_port}", "mmoe") as client:
         assert client.predict({"inputs": ROWS})["y1"].shape == (2,)
     assert server.manager.servable("mmoe").version == 1
+
+
+def test_warmup_requests_are_replayed_and_a_failing_one_fails_the_load(exports, tmp_path):
+    good = Servable("mmoe", 1, exports["two_tasks"] / "1")
+    assert _warm_up(good) == 3  # what `mtl export` writes
+
+    base = tmp_path / "models"
+    base.mkdir()
+    _publish(exports["two_tasks"] / "1", base, 1)
+    request = predict_pb2.PredictRequest()
+    request.inputs["inputs"].CopyFrom(tf.make_tensor_proto(np.zeros((1, 7), np.float32)))  # wrong width
+    with tf.io.TFRecordWriter(str(base / "1" / WARMUP_FILE)) as writer:
+        log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
+        writer.write(log.SerializeToString())
+    manager = ModelManager(single_model("mmoe", base))
+    manager.refresh()
+    (status,) = manager.statuses("mmoe")
+    assert (status.state, status.error_code) == ("END", "UNKNOWN")
+    assert "has shape [1,7] but the signature expects [-1,100]" in status.error_message
+    without_warmup = ModelManager(single_model("mmoe", base), warmup=False)
+    without_warmup.refresh()
+    assert without_warmup.statuses("mmoe")[0].state == "AVAILABLE"

@@ -51,3 +51,12 @@ def test_group_two_asks_for_a_college_degree():
 def test_a_directory_without_the_files(tmp_path):
     with pytest.raises(ConfigError, match="has no census-income.test.gz"):
         census.data_config(tmp_path, group=1)
+
+
+def test_with_the_uci_training_file_the_test_file_is_halved(tmp_path):
+    for name in (census.TRAIN_FILE, census.TEST_FILE):
+        (tmp_path / name).write_bytes(b"")
+    config = census.data_config(tmp_path, group=1)
+    assert config.train_files == (str(tmp_path / census.TRAIN_FILE),)
+    assert config.eval_files == (str(tmp_path / census.TEST_FILE),)
+    assert config.line_split == "halves"

@@ -17,11 +17,11 @@ import tensorflow as tf
 from absl import logging
 from tensorflow_serving.apis import prediction_log_pb2
 
+from pipeline.export import WARMUP_FILE
 from serving.config import ModelSource
 from serving.errors import invalid_argument, not_found
 from serving.servable import Servable
 
-WARMUP_FILE = Path("assets.extra") / "tf_serving_warmup_requests"
 MAX_WARMUP_RECORDS = 1000
 
 

@@ -22,7 +22,6 @@ from pipeline.errors import UnknownNameError
 InputFn = Callable[[tf.distribute.InputContext], tf.data.Dataset]
 
 SOURCES = ("synthetic", "census", "csv", "tfrecord")
-SPLITS = ("train", "eval", "test")
 
 
 def _check_source(config: DataConfig) -> None:

@@ -116,13 +116,10 @@ class Estimator:
 
     # -- training ---------------------------------------------------------------------------------
 
-    def _global_batch_size(self) -> int:
-        return self.config.train.batch_size
-
     def _build_train_steps(self) -> Callable:
         model, optimizer, strategy = self.model, self.optimizer, self.strategy
         task_heads = model.heads
-        global_batch_size = self._global_batch_size()
+        global_batch_size = self.config.train.batch_size  # over all replicas
 
         def step_fn(features: dict, labels: dict) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
             with tf.GradientTape() as tape:
@@ -182,7 +179,7 @@ class Estimator:
         )
         iterator = iter(dataset)
         progress = TrainingProgress(
-            start, max_steps, self._global_batch_size(), self._summary_writer("train")
+            start, max_steps, self.config.train.batch_size, self._summary_writer("train")
         )
         logging.info(
             "Training %s from step %d to %d (batch %d) in %s",

@@ -85,7 +85,11 @@ flags.DEFINE_integer("seed", _TRAIN.seed, "Seed of initialisation, dropout and s
 flags.DEFINE_integer("save_checkpoints_steps", _TRAIN.save_checkpoints_steps, "Steps between checkpoints.")
 flags.DEFINE_integer("keep_checkpoint_max", _TRAIN.keep_checkpoint_max, "Checkpoints to keep.")
 flags.DEFINE_integer("log_every_steps", _TRAIN.log_every_steps, "Steps between progress reports.")
-flags.DEFINE_integer("shuffle_buffer", _TRAIN.shuffle_buffer, "Shuffle buffer of the training data.")
+flags.DEFINE_integer(
+    "shuffle_buffer",
+    _TRAIN.shuffle_buffer,
+    "Shuffle buffer of training rows read from files (synthetic data is reshuffled whole each epoch).",
+)
 
 
 # -- serve (names as tensorflow_model_server's) and predict -----------------------------------------

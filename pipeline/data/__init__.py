@@ -99,7 +99,6 @@ def input_fn(config: DataConfig, split: str, train: TrainConfig) -> InputFn:
                 "eval" if split == "test" else split,
                 batch_size=batch_size,
                 shuffle_seed=train.seed,
-                shuffle_buffer=train.shuffle_buffer,
                 input_context=input_context,
             )
         return table(config).make_dataset(

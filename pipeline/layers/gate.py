@@ -10,6 +10,16 @@ from keras import ops
 from pipeline.checks import check_positive_int
 
 
+def softmax(logits: Any) -> Any:
+    """Softmax over the last axis, from elementwise ops.
+
+    oneDNN's fused softmax kernel costs more than the whole gate matmul on rows as short as a gate's
+    (one weight per expert); these few elementwise ops do not.
+    """
+    exponentials = ops.exp(logits - ops.max(logits, axis=-1, keepdims=True))
+    return exponentials / ops.sum(exponentials, axis=-1, keepdims=True)
+
+
 @keras.saving.register_keras_serializable(package="mtl")
 class Gate(keras.layers.Layer):
     """Mixture weights over experts: `softmax(inputs @ kernel)`, one distribution per example.
@@ -39,7 +49,7 @@ class Gate(keras.layers.Layer):
         )
 
     def call(self, inputs: Any) -> Any:
-        return ops.softmax(ops.matmul(inputs, self.kernel), axis=-1)
+        return softmax(ops.matmul(inputs, self.kernel))
 
     def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
         return (*tuple(input_shape)[:-1], self.num_experts)

@@ -9,7 +9,7 @@ import keras
 from keras import ops
 
 from pipeline.checks import check_positive_int, check_rate, check_units
-from pipeline.layers.gate import Gate
+from pipeline.layers.gate import Gate, softmax
 from pipeline.layers.initializers import fresh_copy
 
 
@@ -108,7 +108,9 @@ class MixtureOfExperts(keras.layers.Layer):
     def expert_outputs(self, inputs: Any, training: bool | None = None) -> Any:
         """Every expert's output: `[batch, num_experts, expert_units[-1]]`."""
         first_kernel, *other_kernels = self.expert_kernels
-        x = ops.einsum("bi,eio->beo", inputs, first_kernel)
+        # The first layer as one plain matmul against `[in, E * out]`: faster than a batched einsum.
+        side_by_side = ops.reshape(ops.transpose(first_kernel, (1, 0, 2)), (first_kernel.shape[1], -1))
+        x = ops.reshape(ops.matmul(inputs, side_by_side), (-1, self.num_experts, self.expert_units[0]))
         x = self.activation(x + self.expert_biases[0])
         for kernel, bias in zip(other_kernels, self.expert_biases[1:], strict=True):
             x = self.activation(ops.einsum("bei,eio->beo", x, kernel) + bias)
@@ -117,12 +119,19 @@ class MixtureOfExperts(keras.layers.Layer):
         return x
 
     def gate_weights(self, inputs: Any) -> Any:
-        """Mixture weights of every gate: `[batch, num_gates, num_experts]`, summing to 1 over experts."""
-        return ops.stack([gate(inputs) for gate in self.gates], axis=1)
+        """Mixture weights of every gate: `[batch, num_gates, num_experts]`, summing to 1 over experts.
+
+        All gates run as one matmul against their kernels side by side.
+        """
+        if not self.built:
+            self.build(tuple(inputs.shape))
+        kernels = ops.concatenate([gate.kernel for gate in self.gates], axis=1)
+        logits = ops.reshape(ops.matmul(inputs, kernels), (-1, self.num_gates, self.num_experts))
+        return softmax(logits)
 
     def call(self, inputs: Any, training: bool | None = None) -> list[Any]:
-        mixed = ops.einsum("bge,beo->bgo", self.gate_weights(inputs), self.expert_outputs(inputs, training))
-        return [mixed[:, g, :] for g in range(self.num_gates)]
+        mixed = ops.matmul(self.gate_weights(inputs), self.expert_outputs(inputs, training))
+        return ops.unstack(mixed, num=self.num_gates, axis=1)
 
     def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> list[tuple]:
         return [(input_shape[0], self.expert_units[-1])] * self.num_gates

@@ -3,6 +3,7 @@ import pytest
 
 from pipeline.errors import ConfigError
 from pipeline.layers import Gate
+from pipeline.layers.gate import softmax
 
 
 def test_golden_softmax_of_projection():
@@ -12,6 +13,11 @@ def test_golden_softmax_of_projection():
     weights = gate(np.array([[1.0, 5.0]], np.float32))
     expected = np.exp([1.0, 2.0, 3.0]) / np.exp([1.0, 2.0, 3.0]).sum()  # [0.0900, 0.2447, 0.6652]
     np.testing.assert_allclose(weights, [expected], rtol=1e-6)
+
+
+def test_softmax_is_stable_for_large_logits():
+    weights = np.asarray(softmax(np.array([[1000.0, 1000.0, -1000.0], [-1e4, -1e4, -1e4]], np.float32)))
+    np.testing.assert_allclose(weights, [[0.5, 0.5, 0.0], [1 / 3, 1 / 3, 1 / 3]], rtol=1e-6)
 
 
 def test_ones_kernel_gives_uniform_weights():

@@ -41,6 +41,10 @@ def test_fused_experts_equal_separate_dense_stacks():
     experts = np.stack(experts, axis=1)  # [batch, expert, units]
     np.testing.assert_allclose(moe.expert_outputs(x), experts, rtol=1e-5, atol=1e-6)
     gates = np.asarray(moe.gate_weights(x))
+    for g, gate in enumerate(moe.gates):
+        logits = x @ np.asarray(gate.kernel)
+        expected = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+        np.testing.assert_allclose(gates[:, g], expected, rtol=1e-5, atol=1e-7)
     for g, mixed in enumerate(moe(x)):
         np.testing.assert_allclose(mixed, np.einsum("be,beu->bu", gates[:, g], experts), rtol=1e-5, atol=1e-6)
 

@@ -161,7 +161,8 @@ class Estimator:
         steps already trained, so a resumed run sees the batches an uninterrupted run would have seen.
 
         Returns:
-            `{"global_step", "loss", "task_losses", "examples_per_sec"}` of the last report, or just
+            `{"global_step", "loss", "task_losses", "examples_per_sec"}` of the last report, with
+            `steady_examples_per_sec` from the first report to the last (start-up excluded), or just
             `{"global_step"}` when there was nothing to train.
         """
         check_positive_int("max_steps", max_steps)
@@ -203,6 +204,7 @@ class Estimator:
                     "loss": float(total),
                     "task_losses": task_values,
                     "examples_per_sec": progress.examples_per_sec,
+                    "steady_examples_per_sec": progress.steady_examples_per_sec,
                 }
             if step % train_config.save_checkpoints_steps == 0 or step == max_steps:
                 path = self._manager.save(checkpoint_number=step)

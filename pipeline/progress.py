@@ -32,7 +32,19 @@ class TrainingProgress:
         self.writer = writer
         self._last_step = start_step
         self._last_time = time.perf_counter()
+        self._first_report: tuple[int, float] | None = None
         self.examples_per_sec = 0.0
+
+    @property
+    def steady_examples_per_sec(self) -> float:
+        """Throughput from the first report to the last: without start-up (tracing, input set-up).
+
+        Before a second report there is only the first interval, start-up included.
+        """
+        if self._first_report is None or self._last_step == self._first_report[0]:
+            return self.examples_per_sec
+        first_step, first_time = self._first_report
+        return (self._last_step - first_step) * self.global_batch_size / (self._last_time - first_time)
 
     def report(
         self, step: int, total_loss: float, task_losses: Mapping[str, float], learning_rate: float
@@ -41,6 +53,8 @@ class TrainingProgress:
         steps_per_sec = (step - self._last_step) / max(now - self._last_time, 1e-9)
         self.examples_per_sec = steps_per_sec * self.global_batch_size
         self._last_step, self._last_time = step, now
+        if self._first_report is None:
+            self._first_report = (step, now)
         eta = datetime.timedelta(seconds=round((self.max_steps - step) / max(steps_per_sec, 1e-9)))
         tasks = "  ".join(f"{name} {value:.4f}" for name, value in task_losses.items())
         logging.info(

@@ -18,7 +18,7 @@ from absl import logging
 from tensorflow_serving.apis import prediction_log_pb2
 
 from pipeline.export import WARMUP_FILE
-from serving.config import ModelSource
+from serving.config import BatchingOptions, ModelSource
 from serving.errors import invalid_argument, not_found
 from serving.servable import Servable
 
@@ -62,11 +62,15 @@ class ModelManager:
     Args:
         sources: the models to serve.
         warmup: replay `assets.extra/tf_serving_warmup_requests` before a version becomes available.
+        batching: batch concurrent requests to each version with these parameters (None: no batching).
     """
 
-    def __init__(self, sources: Iterable[ModelSource], warmup: bool = True) -> None:
+    def __init__(
+        self, sources: Iterable[ModelSource], warmup: bool = True, batching: BatchingOptions | None = None
+    ) -> None:
         self._sources = {source.name: source for source in sources}
         self._warmup = warmup
+        self._batching = batching
         self._servables: dict[str, dict[int, Servable]] = {name: {} for name in self._sources}
         self._statuses: dict[str, dict[int, VersionStatus]] = {name: {} for name in self._sources}
         self._refresh_lock = threading.Lock()
@@ -87,10 +91,13 @@ class ModelManager:
     def _load(self, source: ModelSource, version: int) -> Servable | None:
         self._set_status(source.name, VersionStatus(version, "LOADING"))
         started = time.perf_counter()
+        servable = None
         try:
-            servable = Servable(source.name, version, source.base_path / str(version))
+            servable = Servable(source.name, version, source.base_path / str(version), self._batching)
             replayed = _warm_up(servable) if self._warmup else 0
         except Exception as error:  # a broken export must not take the server down
+            if servable is not None:
+                servable.close()
             logging.error("Failed to load %s version %d: %s", source.name, version, error)
             self._set_status(source.name, VersionStatus(version, "END", "UNKNOWN", str(error)[:1024]))
             return None
@@ -125,8 +132,9 @@ class ModelManager:
                 wanted = source.wanted(self._loadable(name, on_disk))
                 for version in [v for v in loaded if v not in wanted]:
                     self._set_status(name, VersionStatus(version, "UNLOADING"))
-                    del loaded[version]
+                    servable = loaded.pop(version)
                     self._servables[name] = dict(loaded)
+                    servable.close()
                     self._set_status(name, VersionStatus(version, "END"))
                     logging.info("Unloaded %s version %d", name, version)
 
@@ -146,9 +154,17 @@ class ModelManager:
         self._poller.start()
 
     def stop(self) -> None:
+        """Stops polling; the loaded versions keep serving."""
         self._stop.set()
         if self._poller is not None:
             self._poller.join()
+
+    def close(self) -> None:
+        """Stops polling and the loaded versions' batch threads (after their queued requests)."""
+        self.stop()
+        for versions in self._servables.values():
+            for servable in versions.values():
+                servable.close()
 
     # -- lookups ----------------------------------------------------------------------------------
 

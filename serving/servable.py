@@ -10,6 +10,8 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 
+from serving.batching import BatchScheduler
+from serving.config import BatchingOptions
 from serving.errors import ServingError, invalid_argument
 
 DEFAULT_SIGNATURE = "serving_default"
@@ -51,15 +53,24 @@ class Servable:
         name: the model name it is served under.
         version: its integer version.
         path: the version directory (`<base_path>/<version>`).
+        batching: merge concurrent requests into batches with these parameters (None: one call each).
     """
 
-    def __init__(self, name: str, version: int, path: Path) -> None:
+    def __init__(self, name: str, version: int, path: Path, batching: BatchingOptions | None = None) -> None:
         self.name = name
         self.version = version
         self.path = path
         self.signature_defs = _read_signature_defs(path)
         self._loaded = tf.saved_model.load(str(path), tags=["serve"])
         self._functions = dict(self._loaded.signatures)
+        self.batcher = (
+            None if batching is None else BatchScheduler(self._call, batching, name=f"batch-{name}-{version}")
+        )
+
+    def close(self) -> None:
+        """Stops batching once the queued requests have run (requests still arriving run unbatched)."""
+        if self.batcher is not None:
+            self.batcher.close()
 
     def signature_def(self, signature_name: str) -> meta_graph_pb2.SignatureDef | None:
         """The named signature ("" means `serving_default`), or None if the model has no such one."""
@@ -78,7 +89,7 @@ class Servable:
         """
         name = signature_name or DEFAULT_SIGNATURE
         signature = self.signature_defs[name]
-        tensors = {}
+        arrays = {}
         for position, (alias, info) in enumerate(sorted(signature.inputs.items())):
             value = np.asarray(inputs[alias])
             expected = signature_dtype(info)
@@ -90,16 +101,25 @@ class Servable:
                     f"{type_name(tf.dtypes.as_dtype(value.dtype))} is provided"
                 )
             _check_shape(alias, value.shape, signature_shape(info))
-            tensors[alias] = tf.constant(value, dtype=expected)
+            arrays[alias] = value.astype(object) if expected == tf.string else value
+        outputs = self._call(name, arrays) if self.batcher is None else self.batcher.submit(name, arrays)
+        return {alias: outputs[alias] for alias in output_filter or sorted(outputs)}
+
+    def _call(self, signature_name: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """One call of the signature's function; every output, as numpy."""
+        signature = self.signature_defs[signature_name]
+        tensors = {
+            alias: tf.constant(value, dtype=signature_dtype(signature.inputs[alias]))
+            for alias, value in inputs.items()
+        }
         try:
-            outputs = self._functions[name](**tensors)
+            outputs = self._functions[signature_name](**tensors)
         except tf.errors.InvalidArgumentError as error:
             raise invalid_argument(error.message) from None
         except tf.errors.OpError as error:
             code = _GRPC_CODES.get(error.error_code, grpc.StatusCode.INTERNAL)
             raise ServingError(code, error.message) from None
-        wanted = output_filter or sorted(outputs)
-        return {alias: outputs[alias].numpy() for alias in wanted}
+        return {alias: value.numpy() for alias, value in outputs.items()}
 
 
 def _check_shape(alias: str, shape: tuple[int, ...], expected: list[int] | None) -> None:

@@ -17,7 +17,7 @@ from absl import logging
 from aiohttp import web
 from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
-from serving.config import DEFAULT_METRICS_PATH, ModelSource
+from serving.config import DEFAULT_METRICS_PATH, BatchingOptions, ModelSource
 from serving.grpc_service import ModelService, PredictionService
 from serving.manager import ModelManager
 from serving.metrics import ServingMetrics
@@ -38,7 +38,8 @@ class ServerOptions:
     max_request_bytes: int = 64 * 2**20
     rest_timeout_ms: int = 30_000
     metrics_path: str | None = DEFAULT_METRICS_PATH
-    worker_threads: int = 16
+    worker_threads: int = 64  # requests waiting for a batch hold a thread each
+    batching: BatchingOptions | None = None
 
 
 class ModelServer:
@@ -49,7 +50,7 @@ class ModelServer:
 
     def __init__(self, sources: Iterable[ModelSource], options: ServerOptions = ServerOptions()) -> None:
         self.options = options
-        self.manager = ModelManager(sources, warmup=options.warmup)
+        self.manager = ModelManager(sources, warmup=options.warmup, batching=options.batching)
         self.metrics = ServingMetrics()
         self.grpc_port = options.grpc_port
         self.rest_port = options.rest_port
@@ -136,6 +137,7 @@ class ModelServer:
             self._loop_thread.join()
             self._loop.close()
         self._executor.shutdown(wait=True)
+        self.manager.close()
 
     def wait(self) -> None:
         """Blocks until `stop()` is called (from a signal handler, say)."""

@@ -114,6 +114,14 @@ flags.DEFINE_string(
     None,
     "serve: MonitoringConfig text proto (default: Prometheus at /monitoring/prometheus/metrics).",
 )
+flags.DEFINE_boolean(
+    "enable_batching", False, "serve: merge concurrent requests to a model into batches (one model call)."
+)
+flags.DEFINE_string(
+    "batching_parameters_file",
+    None,
+    "serve: BatchingParameters text proto for --enable_batching (default: TF Serving's defaults).",
+)
 flags.DEFINE_string(
     "server", "localhost:8500", "predict: grpc://host:port (or host:port) or http://host:port."
 )
@@ -338,6 +346,13 @@ def server_options() -> ServerOptions:
     metrics_path = serving_config.DEFAULT_METRICS_PATH
     if FLAGS.monitoring_config_file:
         metrics_path = serving_config.read_monitoring_config(FLAGS.monitoring_config_file)
+    batching = None
+    if FLAGS.enable_batching:
+        batching = serving_config.BatchingOptions()
+        if FLAGS.batching_parameters_file:
+            batching = serving_config.read_batching_parameters(FLAGS.batching_parameters_file)
+    elif FLAGS.batching_parameters_file:
+        raise ConfigError("--batching_parameters_file is used only with --enable_batching.")
     return ServerOptions(
         host=FLAGS.host,
         grpc_port=FLAGS.port,
@@ -347,4 +362,5 @@ def server_options() -> ServerOptions:
         max_request_bytes=FLAGS.max_request_bytes,
         rest_timeout_ms=FLAGS.rest_api_timeout_in_ms,
         metrics_path=metrics_path,
+        batching=batching,
     )

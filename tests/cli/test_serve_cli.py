@@ -5,6 +5,7 @@ import re
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,10 +13,13 @@ import tensorflow as tf
 
 from tests.cli.commands import _env, assert_one_line_error, mtl
 
+BATCHING_CONFIG = Path(__file__).resolve().parents[2] / "serving" / "tf_serving" / "batching.config"
+
 
 @pytest.fixture(scope="module")
 def served(trained_dir, tmp_path_factory):
-    """`mtl serve` of the CLI tests' trained OMoE, on ports the OS picks."""
+    """`mtl serve` of the CLI tests' trained OMoE, on ports the OS picks, batching with the repo's
+    `batching.config` (the one the TF Serving container gets)."""
     export_base = tmp_path_factory.mktemp("serve") / "omoe"
     assert mtl("export", f"--model_dir={trained_dir}", f"--export_base={export_base}").returncode == 0
     process = subprocess.Popen(
@@ -28,6 +32,8 @@ def served(trained_dir, tmp_path_factory):
             f"--model_base_path={export_base}",
             "--port=0",
             "--rest_api_port=0",
+            "--enable_batching",
+            f"--batching_parameters_file={BATCHING_CONFIG}",
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -97,3 +103,13 @@ def test_serve_refuses_a_busy_port_and_stops_on_sigterm(served):
     process = served["process"]
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=30) == 0
+
+
+def test_batching_parameters_need_enable_batching(served):
+    result = mtl(
+        "serve",
+        "--model_name=omoe",
+        f"--model_base_path={served['export']}",
+        f"--batching_parameters_file={BATCHING_CONFIG}",
+    )
+    assert_one_line_error(result, "serve", "--batching_parameters_file is used only with --enable_batching.")

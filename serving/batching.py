@@ -1,0 +1,187 @@
+"""Server-side batching: concurrent requests to one servable run as one model call, as with TF Serving's
+`--enable_batching`.
+
+Requests join the open batch of their signature (and input shapes); a batch runs when it reaches
+`max_batch_size` rows, when `batch_timeout_micros` have passed since its first request, or at once when a
+batch thread is free and the timeout is 0. So under load the batches fill while the threads are busy, and
+one model call serves many requests. A batch may be padded up to the next of `allowed_batch_sizes` by
+repeating its first row; the padding rows' outputs are dropped.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from collections.abc import Callable, Mapping
+
+import grpc
+import numpy as np
+
+from serving.config import BatchingOptions
+from serving.errors import ServingError, invalid_argument
+
+RunBatch = Callable[[str, Mapping[str, np.ndarray]], dict[str, np.ndarray]]
+
+QUEUE_FULL = "The batch scheduling queue to which this task was submitted is full"
+
+
+class _Task:
+    """One request's rows, and where its share of the batch's outputs goes."""
+
+    def __init__(self, inputs: Mapping[str, np.ndarray], size: int) -> None:
+        self.inputs = inputs
+        self.size = size
+        self.done = threading.Event()
+        self.outputs: dict[str, np.ndarray] | None = None
+        self.error: BaseException | None = None
+
+
+class _Batch:
+    def __init__(self, key: tuple, signature_name: str, timeout_seconds: float) -> None:
+        self.key = key
+        self.signature_name = signature_name
+        self.deadline = time.monotonic() + timeout_seconds
+        self.tasks: list[_Task] = []
+        self.size = 0
+        self.closed = False  # full, or followed by a newer batch of the same key: it runs as it is
+
+
+class BatchScheduler:
+    """Merges concurrent `submit` calls into batches run by `options.num_batch_threads` threads.
+
+    Args:
+        run_batch: runs a signature on a whole batch; every output must keep the batch as dimension 0.
+        options: TF Serving's batching parameters.
+        name: names the batch threads.
+    """
+
+    def __init__(self, run_batch: RunBatch, options: BatchingOptions, name: str = "batch") -> None:
+        self._run_batch = run_batch
+        self.options = options
+        self._condition = threading.Condition()
+        self._queue: collections.deque[_Batch] = collections.deque()
+        self._open: dict[tuple, _Batch] = {}
+        self._closing = False
+        self.batches_run = 0  # model calls made, and the requests they served: for tests and monitoring
+        self.requests_run = 0
+        self._threads = [
+            threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True)
+            for i in range(options.num_batch_threads)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, signature_name: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Runs `inputs` (checked inputs of the signature, batch first) within a batch; blocks until done.
+
+        Raises:
+            ServingError: INVALID_ARGUMENT for a request larger than `max_batch_size` rows; UNAVAILABLE
+                when `max_enqueued_batches` batches are already waiting.
+        """
+        size = _batch_size(inputs)
+        limit = self.options.max_batch_size
+        if size > limit:
+            raise invalid_argument(f"Task size {size} is larger than maximum input batch size {limit}")
+        task = _Task(inputs, size)
+        key = (
+            signature_name,
+            *sorted((alias, value.dtype.str, value.shape[1:]) for alias, value in inputs.items()),
+        )
+        with self._condition:
+            if self._closing:
+                return self._run_batch(signature_name, inputs)
+            batch = self._open.get(key)
+            if batch is None or batch.size + size > limit:
+                if batch is not None:
+                    batch.closed = True
+                if len(self._queue) >= self.options.max_enqueued_batches:
+                    raise ServingError(grpc.StatusCode.UNAVAILABLE, QUEUE_FULL)
+                batch = _Batch(key, signature_name, self.options.batch_timeout_micros / 1e6)
+                self._queue.append(batch)
+                self._open[key] = batch
+            batch.tasks.append(task)
+            batch.size += size
+            if batch.size == limit:
+                batch.closed = True
+                del self._open[key]
+            self._condition.notify()
+        task.done.wait()
+        if task.error is not None:
+            raise task.error
+        return task.outputs
+
+    def close(self) -> None:
+        """Runs what is queued, then stops the threads; later requests run unbatched."""
+        with self._condition:
+            self._closing = True
+            self._condition.notify_all()
+        for thread in self._threads:
+            thread.join()
+
+    # -- batch threads ----------------------------------------------------------------------------
+
+    def _next_batch(self) -> _Batch | None:
+        """Waits for a batch that is due; None once closing with nothing left."""
+        with self._condition:
+            while True:
+                now = time.monotonic()
+                for batch in self._queue:
+                    if batch.closed or batch.deadline <= now or self._closing:
+                        self._queue.remove(batch)
+                        if self._open.get(batch.key) is batch:
+                            del self._open[batch.key]
+                        return batch
+                if self._closing:
+                    return None
+                wait = min((batch.deadline for batch in self._queue), default=None)
+                self._condition.wait(None if wait is None else max(wait - now, 0.0))
+
+    def _work(self) -> None:
+        while (batch := self._next_batch()) is not None:
+            try:
+                outputs = self._run(batch)
+            except BaseException as error:  # every waiting request must hear of it
+                for task in batch.tasks:
+                    task.error = error
+                    task.done.set()
+                continue
+            with self._condition:
+                self.batches_run += 1
+                self.requests_run += len(batch.tasks)
+            offset = 0
+            for task in batch.tasks:
+                task.outputs = {alias: value[offset : offset + task.size] for alias, value in outputs.items()}
+                offset += task.size
+                task.done.set()
+
+    def _run(self, batch: _Batch) -> dict[str, np.ndarray]:
+        first = batch.tasks[0].inputs
+        padded = _padded_size(batch.size, self.options.allowed_batch_sizes)
+        inputs = {}
+        for alias in first:
+            parts = [task.inputs[alias] for task in batch.tasks]
+            if padded > batch.size:
+                parts.append(np.repeat(parts[0][:1], padded - batch.size, axis=0))
+            inputs[alias] = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        outputs = self._run_batch(batch.signature_name, inputs)
+        for alias, value in outputs.items():
+            if value.ndim == 0 or value.shape[0] != padded:
+                raise ServingError(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"Batched output tensor {alias}'s 0th dimension does not equal the batch size {padded}",
+                )
+        return outputs
+
+
+def _batch_size(inputs: Mapping[str, np.ndarray]) -> int:
+    if any(value.ndim == 0 for value in inputs.values()):
+        raise invalid_argument("Batching Run() input tensors must have at least one dimension")
+    sizes = {value.shape[0] for value in inputs.values()}
+    if len(sizes) != 1:
+        raise invalid_argument("Batching session Run() input tensors must have equal 0th-dimension size")
+    return sizes.pop()
+
+
+def _padded_size(size: int, allowed: tuple[int, ...]) -> int:
+    return next((allowed_size for allowed_size in allowed if allowed_size >= size), size)

@@ -10,6 +10,7 @@ repeating its first row; the padding rows' outputs are dropped.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import threading
 import time
@@ -22,19 +23,19 @@ from serving.config import BatchingOptions
 from serving.errors import ServingError, invalid_argument
 
 RunBatch = Callable[[str, Mapping[str, np.ndarray]], dict[str, np.ndarray]]
+Outputs = dict[str, np.ndarray]
+OnDone = Callable[[Outputs | None, BaseException | None], None]
 
 QUEUE_FULL = "The batch scheduling queue to which this task was submitted is full"
 
 
 class _Task:
-    """One request's rows, and where its share of the batch's outputs goes."""
+    """One request's rows, and whom to hand its share of the batch's outputs (or the batch's error)."""
 
-    def __init__(self, inputs: Mapping[str, np.ndarray], size: int) -> None:
+    def __init__(self, inputs: Mapping[str, np.ndarray], size: int, on_done: OnDone) -> None:
         self.inputs = inputs
         self.size = size
-        self.done = threading.Event()
-        self.outputs: dict[str, np.ndarray] | None = None
-        self.error: BaseException | None = None
+        self.on_done = on_done
 
 
 class _Batch:
@@ -72,44 +73,74 @@ class BatchScheduler:
         for thread in self._threads:
             thread.start()
 
-    def submit(self, signature_name: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def submit(self, signature_name: str, inputs: Mapping[str, np.ndarray]) -> Outputs:
         """Runs `inputs` (checked inputs of the signature, batch first) within a batch; blocks until done.
 
         Raises:
             ServingError: INVALID_ARGUMENT for a request larger than `max_batch_size` rows; UNAVAILABLE
                 when `max_enqueued_batches` batches are already waiting.
         """
+        done = threading.Event()
+        result: list = []
+
+        def on_done(outputs: Outputs | None, error: BaseException | None) -> None:
+            result.extend((outputs, error))
+            done.set()
+
+        self._enqueue(signature_name, inputs, on_done)
+        done.wait()
+        outputs, error = result
+        if error is not None:
+            raise error
+        return outputs
+
+    async def submit_async(self, signature_name: str, inputs: Mapping[str, np.ndarray]) -> Outputs:
+        """`submit` for an event loop: the loop goes on serving while the batch fills and runs."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+
+        def settle(outputs: Outputs | None, error: BaseException | None) -> None:
+            if future.done():  # the request was cancelled (timed out) meanwhile
+                return
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(outputs)
+
+        self._enqueue(
+            signature_name, inputs, lambda outputs, error: loop.call_soon_threadsafe(settle, outputs, error)
+        )
+        return await future
+
+    def _enqueue(self, signature_name: str, inputs: Mapping[str, np.ndarray], on_done: OnDone) -> None:
         size = _batch_size(inputs)
         limit = self.options.max_batch_size
         if size > limit:
             raise invalid_argument(f"Task size {size} is larger than maximum input batch size {limit}")
-        task = _Task(inputs, size)
+        task = _Task(inputs, size, on_done)
         key = (
             signature_name,
             *sorted((alias, value.dtype.str, value.shape[1:]) for alias, value in inputs.items()),
         )
         with self._condition:
-            if self._closing:
-                return self._run_batch(signature_name, inputs)
-            batch = self._open.get(key)
-            if batch is None or batch.size + size > limit:
-                if batch is not None:
+            if not self._closing:
+                batch = self._open.get(key)
+                if batch is None or batch.size + size > limit:
+                    if batch is not None:
+                        batch.closed = True
+                    if len(self._queue) >= self.options.max_enqueued_batches:
+                        raise ServingError(grpc.StatusCode.UNAVAILABLE, QUEUE_FULL)
+                    batch = _Batch(key, signature_name, self.options.batch_timeout_micros / 1e6)
+                    self._queue.append(batch)
+                    self._open[key] = batch
+                batch.tasks.append(task)
+                batch.size += size
+                if batch.size == limit:
                     batch.closed = True
-                if len(self._queue) >= self.options.max_enqueued_batches:
-                    raise ServingError(grpc.StatusCode.UNAVAILABLE, QUEUE_FULL)
-                batch = _Batch(key, signature_name, self.options.batch_timeout_micros / 1e6)
-                self._queue.append(batch)
-                self._open[key] = batch
-            batch.tasks.append(task)
-            batch.size += size
-            if batch.size == limit:
-                batch.closed = True
-                del self._open[key]
-            self._condition.notify()
-        task.done.wait()
-        if task.error is not None:
-            raise task.error
-        return task.outputs
+                    del self._open[key]
+                self._condition.notify()
+                return
+        self._run_tasks(signature_name, [task])  # closing: run it here, unbatched
 
     def close(self) -> None:
         """Runs what is queued, then stops the threads; later requests run unbatched."""
@@ -139,32 +170,36 @@ class BatchScheduler:
 
     def _work(self) -> None:
         while (batch := self._next_batch()) is not None:
-            try:
-                outputs = self._run(batch)
-            except BaseException as error:  # every waiting request must hear of it
-                for task in batch.tasks:
-                    task.error = error
-                    task.done.set()
-                continue
-            with self._condition:
-                self.batches_run += 1
-                self.requests_run += len(batch.tasks)
-            offset = 0
-            for task in batch.tasks:
-                task.outputs = {alias: value[offset : offset + task.size] for alias, value in outputs.items()}
-                offset += task.size
-                task.done.set()
+            self._run_tasks(batch.signature_name, batch.tasks)
 
-    def _run(self, batch: _Batch) -> dict[str, np.ndarray]:
-        first = batch.tasks[0].inputs
-        padded = _padded_size(batch.size, self.options.allowed_batch_sizes)
+    def _run_tasks(self, signature_name: str, tasks: list[_Task]) -> None:
+        """Runs the tasks as one batch and hands each its rows of the outputs, or the error to all."""
+        try:
+            outputs = self._run(signature_name, tasks)
+        except BaseException as error:  # every waiting request must hear of it
+            for task in tasks:
+                task.on_done(None, error)
+            return
+        with self._condition:
+            self.batches_run += 1
+            self.requests_run += len(tasks)
+        offset = 0
+        for task in tasks:
+            task.on_done(
+                {alias: value[offset : offset + task.size] for alias, value in outputs.items()}, None
+            )
+            offset += task.size
+
+    def _run(self, signature_name: str, tasks: list[_Task]) -> Outputs:
+        size = sum(task.size for task in tasks)
+        padded = _padded_size(size, self.options.allowed_batch_sizes)
         inputs = {}
-        for alias in first:
-            parts = [task.inputs[alias] for task in batch.tasks]
-            if padded > batch.size:
-                parts.append(np.repeat(parts[0][:1], padded - batch.size, axis=0))
+        for alias in tasks[0].inputs:
+            parts = [task.inputs[alias] for task in tasks]
+            if padded > size:
+                parts.append(np.repeat(parts[0][:1], padded - size, axis=0))
             inputs[alias] = parts[0] if len(parts) == 1 else np.concatenate(parts)
-        outputs = self._run_batch(batch.signature_name, inputs)
+        outputs = self._run_batch(signature_name, inputs)
         for alias, value in outputs.items():
             if value.ndim == 0 or value.shape[0] != padded:
                 raise ServingError(

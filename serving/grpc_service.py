@@ -1,12 +1,17 @@
-"""The gRPC frontend: TF Serving's PredictionService and ModelService, from `tensorflow-serving-api`."""
+"""The gRPC frontend: TF Serving's PredictionService and ModelService, from `tensorflow-serving-api`.
+
+The servicers run on a `grpc.aio` server, in the event loop the REST frontend shares: a request holds no
+thread while it waits for its batch or its model call, which a thread per request would (and dozens of
+threads contending for the GIL cost more CPU than the requests themselves).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor
 from typing import Any
 
 import grpc
-import tensorflow as tf
 from absl import logging
 from tensorflow_serving.apis import (
     get_model_metadata_pb2,
@@ -22,6 +27,7 @@ from serving.manager import ModelManager
 from serving.metrics import ServingMetrics
 from serving.responses import SIGNATURE_DEF_FIELD, metadata_response, status_response
 from serving.servable import DEFAULT_SIGNATURE, PREDICT_METHOD, Servable
+from serving.tensors import to_ndarray, to_tensor_proto
 
 MAX_MESSAGE_CHARS = 1024  # TF Serving truncates longer error messages
 
@@ -30,14 +36,24 @@ def _braces(names: set[str]) -> str:
     return "{" + ",".join(sorted(names)) + "}"
 
 
-def _call(context: grpc.ServicerContext, fn: Callable[[], Any]) -> Any:
+async def _call(context: grpc.aio.ServicerContext, answer: Awaitable[Any]) -> Any:
     try:
-        return fn()
+        return await answer
     except ServingError as error:
-        context.abort(error.code, error.message[:MAX_MESSAGE_CHARS])
+        await context.abort(error.code, error.message[:MAX_MESSAGE_CHARS])
     except Exception as error:  # a bug must cost one request, never the server
         logging.exception("gRPC request failed")
-        context.abort(grpc.StatusCode.INTERNAL, f"Internal error: {error}"[:MAX_MESSAGE_CHARS])
+        await context.abort(grpc.StatusCode.INTERNAL, f"Internal error: {error}"[:MAX_MESSAGE_CHARS])
+
+
+async def _unimplemented(request: Any, context: grpc.aio.ServicerContext) -> None:
+    """What gRPC answers for a method a server lacks; these exports have only predict signatures."""
+    await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Method not implemented!")
+
+
+async def _now(fn: Callable[[], Any]) -> Any:
+    """`fn()` as an awaitable, for answers that need no waiting (status, metadata)."""
+    return fn()
 
 
 def _resolve(manager: ModelManager, spec: model_pb2.ModelSpec) -> Servable:
@@ -48,14 +64,17 @@ def _resolve(manager: ModelManager, spec: model_pb2.ModelSpec) -> Servable:
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     """Predict and GetModelMetadata; Classify, Regress and MultiInference answer UNIMPLEMENTED."""
 
-    def __init__(self, manager: ModelManager, metrics: ServingMetrics) -> None:
+    def __init__(self, manager: ModelManager, metrics: ServingMetrics, executor: Executor) -> None:
         self.manager = manager
         self.metrics = metrics
+        self.executor = executor
 
-    def Predict(self, request: predict_pb2.PredictRequest, context: grpc.ServicerContext):  # noqa: N802
-        return _call(context, lambda: self._predict(request))
+    async def Predict(  # noqa: N802
+        self, request: predict_pb2.PredictRequest, context: grpc.aio.ServicerContext
+    ) -> predict_pb2.PredictResponse:
+        return await _call(context, self._predict(request))
 
-    def _predict(self, request: predict_pb2.PredictRequest) -> predict_pb2.PredictResponse:
+    async def _predict(self, request: predict_pb2.PredictRequest) -> predict_pb2.PredictResponse:
         if not request.HasField("model_spec"):
             raise invalid_argument("Missing ModelSpec")
         spec = request.model_spec
@@ -88,22 +107,26 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
                         f"the set {_braces(set(signature.outputs))}."
                     )
             try:
-                inputs = {alias: tf.make_ndarray(proto) for alias, proto in request.inputs.items()}
+                inputs = {alias: to_ndarray(proto) for alias, proto in request.inputs.items()}
             except (TypeError, ValueError) as error:
                 raise invalid_argument(f"Invalid input tensor: {error}") from None
-            outputs = servable.run(signature_name, inputs, tuple(request.output_filter))
+            outputs = await servable.run_async(
+                signature_name, inputs, tuple(request.output_filter), self.executor
+            )
             response = predict_pb2.PredictResponse()
             response.model_spec.name = servable.name
             response.model_spec.version.value = servable.version
             response.model_spec.signature_name = signature_name
             for alias, value in outputs.items():
-                response.outputs[alias].CopyFrom(tf.make_tensor_proto(value))
+                response.outputs[alias].CopyFrom(to_tensor_proto(value))
             return response
 
-    def GetModelMetadata(  # noqa: N802
-        self, request: get_model_metadata_pb2.GetModelMetadataRequest, context: grpc.ServicerContext
-    ):
-        return _call(context, lambda: self._metadata(request))
+    Classify = Regress = MultiInference = staticmethod(_unimplemented)  # noqa: N815
+
+    async def GetModelMetadata(  # noqa: N802
+        self, request: get_model_metadata_pb2.GetModelMetadataRequest, context: grpc.aio.ServicerContext
+    ) -> get_model_metadata_pb2.GetModelMetadataResponse:
+        return await _call(context, _now(lambda: self._metadata(request)))
 
     def _metadata(
         self, request: get_model_metadata_pb2.GetModelMetadataRequest
@@ -125,10 +148,12 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
     def __init__(self, manager: ModelManager) -> None:
         self.manager = manager
 
-    def GetModelStatus(  # noqa: N802
-        self, request: get_model_status_pb2.GetModelStatusRequest, context: grpc.ServicerContext
-    ):
-        return _call(context, lambda: self._status(request))
+    HandleReloadConfigRequest = staticmethod(_unimplemented)  # noqa: N815
+
+    async def GetModelStatus(  # noqa: N802
+        self, request: get_model_status_pb2.GetModelStatusRequest, context: grpc.aio.ServicerContext
+    ) -> get_model_status_pb2.GetModelStatusResponse:
+        return await _call(context, _now(lambda: self._status(request)))
 
     def _status(
         self, request: get_model_status_pb2.GetModelStatusRequest

@@ -1,7 +1,8 @@
 """The REST frontend: TF Serving's `/v1/models/...` URLs and JSON on an aiohttp server.
 
 URL matching follows model_servers/http_rest_api_handler.cc: case-insensitive, name and label URL-decoded, a
-version or a label but not both. Model work runs in a thread pool so the event loop keeps accepting requests.
+version or a label but not both. Requests are handled in the event loop; model calls run in batch threads or
+a thread pool, and large bodies are parsed there too, so the loop keeps answering meanwhile.
 """
 
 from __future__ import annotations
@@ -9,10 +10,13 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
+from typing import Any, TypeVar
 from urllib.parse import unquote
 
 import grpc
+import numpy as np
 from absl import logging
 from aiohttp import web
 
@@ -21,12 +25,14 @@ from serving.errors import ServingError, invalid_argument
 from serving.manager import ModelManager
 from serving.metrics import ServingMetrics
 from serving.responses import metadata_json, metadata_response, status_response, to_json_dict
-from serving.servable import PREDICT_METHOD
+from serving.servable import PREDICT_METHOD, Servable
 
 _VERSION_OR_LABEL = r"(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?"
 PREDICT_URL = re.compile(rf"/v1/models/([^/:]+){_VERSION_OR_LABEL}:(classify|regress|predict)", re.I)
 STATUS_URL = re.compile(rf"/v1/models(?:/([^/:]+))?{_VERSION_OR_LABEL}(?:/(metadata))?", re.I)
 JSON = "application/json"
+INLINE_BODY_BYTES = 64 * 1024
+_T = TypeVar("_T")
 
 
 def _error_response(error: ServingError) -> web.Response:
@@ -41,7 +47,7 @@ class RestFrontend:
     Args:
         manager: the served models.
         metrics: where request counts and latencies go.
-        executor: runs parsing, model calls and formatting off the event loop.
+        executor: runs unbatched model calls, and the parsing and formatting of large bodies.
         max_request_bytes: bodies larger than this (after gzip decoding) get a 413.
         timeout_seconds: a request running longer gets a 504, as `--rest_api_timeout_in_ms`.
         metrics_path: the Prometheus path, or None to serve no metrics.
@@ -76,9 +82,9 @@ class RestFrontend:
                 return web.Response(body=self.metrics.exposition(), content_type="text/plain")
             if request.method == "POST" and (match := PREDICT_URL.fullmatch(path)):
                 body = await self._body(request)
-                return await self._run(self._predict, match, body)
+                return await self._run(self._predict(match, body))
             if request.method == "GET" and (match := STATUS_URL.fullmatch(path)):
-                return await self._run(self._status_or_metadata, match)
+                return await self._run(self._status_or_metadata(match))
             if not path.lower().startswith("/v1/"):
                 raise ServingError(grpc.StatusCode.NOT_FOUND, f"Not found: {request.method} {path}")
             raise invalid_argument(f"Malformed request: {request.method} {path}")
@@ -95,12 +101,9 @@ class RestFrontend:
             raise _payload_too_large(self.max_request_bytes) from None
         return body
 
-    async def _run(self, handler, *args) -> web.Response:
-        loop = asyncio.get_running_loop()
+    async def _run(self, answer: Awaitable[tuple[int, str]]) -> web.Response:
         try:
-            status, text = await asyncio.wait_for(
-                loop.run_in_executor(self.executor, handler, *args), self.timeout_seconds
-            )
+            status, text = await asyncio.wait_for(answer, self.timeout_seconds)
         except TimeoutError:
             raise ServingError(grpc.StatusCode.DEADLINE_EXCEEDED, "Request timed out.") from None
         except ServingError:
@@ -110,28 +113,47 @@ class RestFrontend:
             raise ServingError(grpc.StatusCode.INTERNAL, f"Internal error: {error}") from None
         return web.Response(status=status, text=text, content_type=JSON)
 
-    def _predict(self, match: re.Match, body: bytes) -> tuple[int, str]:
+    async def _off_loop_if_large(self, body_bytes: int, fn: Callable[..., _T], *args: Any) -> _T:
+        """`fn(*args)` in the event loop for a small request; in a thread for a large one, whose JSON
+        would hold up every other request meanwhile."""
+        if body_bytes <= INLINE_BODY_BYTES:
+            return fn(*args)
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    async def _predict(self, match: re.Match, body: bytes) -> tuple[int, str]:
         name, version, label, verb = match.groups()
         name = unquote(name)
         with self.metrics.observe(name, verb.lower(), "REST"):
-            signature_name, payload, row_format = rest_json.parse_predict_request(rest_json.parse_body(body))
-            servable = self.manager.servable(name, int(version) if version else None, _label(label))
-            signature = servable.signature_def(signature_name)
-            if signature is None:
-                raise invalid_argument(
-                    f'Serving signature name: "{signature_name or "serving_default"}" not found in '
-                    "signature def"
-                )
-            if verb.lower() != "predict" or signature.method_name != PREDICT_METHOD:
-                raise invalid_argument(
-                    f"Expected {verb.lower()} signature method_name to be "
-                    f"tensorflow/serving/{verb.lower()}. Was: {signature.method_name}"
-                )
-            inputs = rest_json.tensors_from_json(payload, row_format, signature)
-            outputs = servable.run(signature_name, inputs)
-            return 200, rest_json.format_response(outputs, row_format)
+            servable, signature_name, inputs, row_format = await self._off_loop_if_large(
+                len(body), self._parse_predict, name, version, label, verb, body
+            )
+            outputs = await servable.run_async(signature_name, inputs, (), self.executor)
+            text = await self._off_loop_if_large(len(body), rest_json.format_response, outputs, row_format)
+            return 200, text
 
-    def _status_or_metadata(self, match: re.Match) -> tuple[int, str]:
+    def _parse_predict(
+        self, name: str, version: str | None, label: str | None, verb: str, body: bytes
+    ) -> tuple[Servable, str, dict[str, np.ndarray], bool]:
+        signature_name, payload, row_format = rest_json.parse_predict_request(rest_json.parse_body(body))
+        servable = self.manager.servable(name, int(version) if version else None, _label(label))
+        signature = servable.signature_def(signature_name)
+        if signature is None:
+            raise invalid_argument(
+                f'Serving signature name: "{signature_name or "serving_default"}" not found in signature def'
+            )
+        if verb.lower() != "predict" or signature.method_name != PREDICT_METHOD:
+            raise invalid_argument(
+                f"Expected {verb.lower()} signature method_name to be "
+                f"tensorflow/serving/{verb.lower()}. Was: {signature.method_name}"
+            )
+        return (
+            servable,
+            signature_name,
+            rest_json.tensors_from_json(payload, row_format, signature),
+            row_format,
+        )
+
+    async def _status_or_metadata(self, match: re.Match) -> tuple[int, str]:
         name, version, label, metadata = match.groups()
         if not name:
             raise invalid_argument("Missing model name in request.")

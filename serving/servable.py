@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Executor
 from pathlib import Path
 
 import grpc
@@ -87,6 +89,29 @@ class Servable:
         Raises:
             ServingError: INVALID_ARGUMENT for a dtype or shape the signature does not take.
         """
+        name, arrays = self._checked(signature_name, inputs)
+        outputs = self._call(name, arrays) if self.batcher is None else self.batcher.submit(name, arrays)
+        return _filtered(outputs, output_filter)
+
+    async def run_async(
+        self,
+        signature_name: str,
+        inputs: Mapping[str, np.ndarray],
+        output_filter: Sequence[str],
+        executor: Executor,
+    ) -> dict[str, np.ndarray]:
+        """`run` for an event loop: the model call runs in a batch thread, or in `executor` unbatched."""
+        name, arrays = self._checked(signature_name, inputs)
+        if self.batcher is not None:
+            outputs = await self.batcher.submit_async(name, arrays)
+        else:
+            outputs = await asyncio.get_running_loop().run_in_executor(executor, self._call, name, arrays)
+        return _filtered(outputs, output_filter)
+
+    def _checked(
+        self, signature_name: str, inputs: Mapping[str, np.ndarray]
+    ) -> tuple[str, dict[str, np.ndarray]]:
+        """The signature's name and the inputs as arrays of its dtypes and shapes."""
         name = signature_name or DEFAULT_SIGNATURE
         signature = self.signature_defs[name]
         arrays = {}
@@ -102,8 +127,7 @@ class Servable:
                 )
             _check_shape(alias, value.shape, signature_shape(info))
             arrays[alias] = value.astype(object) if expected == tf.string else value
-        outputs = self._call(name, arrays) if self.batcher is None else self.batcher.submit(name, arrays)
-        return {alias: outputs[alias] for alias in output_filter or sorted(outputs)}
+        return name, arrays
 
     def _call(self, signature_name: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """One call of the signature's function; every output, as numpy."""
@@ -120,6 +144,10 @@ class Servable:
             code = _GRPC_CODES.get(error.error_code, grpc.StatusCode.INTERNAL)
             raise ServingError(code, error.message) from None
         return {alias: value.numpy() for alias, value in outputs.items()}
+
+
+def _filtered(outputs: dict[str, np.ndarray], output_filter: Sequence[str]) -> dict[str, np.ndarray]:
+    return {alias: outputs[alias] for alias in output_filter or sorted(outputs)}
 
 
 def _check_shape(alias: str, shape: tuple[int, ...], expected: list[int] | None) -> None:

@@ -9,8 +9,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import threading
-from collections.abc import Iterable
+from collections.abc import Coroutine, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import grpc
 from absl import logging
@@ -38,7 +39,7 @@ class ServerOptions:
     max_request_bytes: int = 64 * 2**20
     rest_timeout_ms: int = 30_000
     metrics_path: str | None = DEFAULT_METRICS_PATH
-    worker_threads: int = 64  # requests waiting for a batch hold a thread each
+    worker_threads: int = 16  # unbatched model calls (and large REST bodies) run in these
     batching: BatchingOptions | None = None
 
 
@@ -54,8 +55,8 @@ class ModelServer:
         self.metrics = ServingMetrics()
         self.grpc_port = options.grpc_port
         self.rest_port = options.rest_port
-        self._executor = ThreadPoolExecutor(options.worker_threads, thread_name_prefix="rest")
-        self._grpc: grpc.Server | None = None
+        self._executor = ThreadPoolExecutor(options.worker_threads, thread_name_prefix="model")
+        self._grpc: grpc.aio.Server | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
@@ -64,8 +65,15 @@ class ModelServer:
     def start(self) -> ModelServer:
         """Loads the models' current versions, then opens both ports (TF Serving's order)."""
         self.manager.refresh()
-        self._start_grpc()
-        self._start_rest()
+        self._loop = asyncio.new_event_loop()
+        self._loop_thread = threading.Thread(target=self._loop.run_forever, name="frontends", daemon=True)
+        self._loop_thread.start()
+        try:
+            self._in_loop(self._start_grpc())
+            self._in_loop(self._start_rest())
+        except BaseException:
+            self.stop()
+            raise
         self.manager.start_polling(self.options.poll_seconds)
         logging.info(
             "Serving %s: gRPC on %s:%d, REST on %s:%d",
@@ -77,9 +85,12 @@ class ModelServer:
         )
         return self
 
-    def _start_grpc(self) -> None:
-        self._grpc = grpc.server(
-            ThreadPoolExecutor(self.options.worker_threads, thread_name_prefix="grpc"),
+    def _in_loop(self, coroutine: Coroutine) -> Any:
+        """Runs `coroutine` in the frontends' event loop and waits for its result."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+
+    async def _start_grpc(self) -> None:
+        self._grpc = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_GRPC_MESSAGE_BYTES),
@@ -88,7 +99,7 @@ class ModelServer:
             ],
         )
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-            PredictionService(self.manager, self.metrics), self._grpc
+            PredictionService(self.manager, self.metrics, self._executor), self._grpc
         )
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(self.manager), self._grpc)
         address = f"{self.options.host}:{self.options.grpc_port}"
@@ -98,9 +109,9 @@ class ModelServer:
             raise OSError(
                 f"Cannot listen for gRPC on {address}: the port is in use or not allowed."
             ) from None
-        self._grpc.start()
+        await self._grpc.start()
 
-    def _start_rest(self) -> None:
+    async def _start_rest(self) -> None:
         frontend = RestFrontend(
             self.manager,
             self.metrics,
@@ -109,18 +120,11 @@ class ModelServer:
             timeout_seconds=self.options.rest_timeout_ms / 1000,
             metrics_path=self.options.metrics_path,
         )
-        self._loop = asyncio.new_event_loop()
-        self._loop_thread = threading.Thread(target=self._loop.run_forever, name="rest", daemon=True)
-        self._loop_thread.start()
-
-        async def open_site() -> int:
-            self._runner = web.AppRunner(frontend.application(), access_log=None)
-            await self._runner.setup()
-            site = web.TCPSite(self._runner, self.options.host, self.options.rest_port, reuse_address=True)
-            await site.start()
-            return self._runner.addresses[0][1]
-
-        self.rest_port = asyncio.run_coroutine_threadsafe(open_site(), self._loop).result()
+        self._runner = web.AppRunner(frontend.application(), access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.options.host, self.options.rest_port, reuse_address=True)
+        await site.start()
+        self.rest_port = self._runner.addresses[0][1]
 
     def stop(self, grace_seconds: float = 1.0) -> None:
         """Stops polling, lets in-flight requests finish for up to `grace_seconds`, closes the ports."""
@@ -128,11 +132,11 @@ class ModelServer:
             return
         self._stopped.set()
         self.manager.stop()
-        if self._grpc is not None:
-            self._grpc.stop(grace_seconds).wait()
         if self._loop is not None:
+            if self._grpc is not None:
+                self._in_loop(self._grpc.stop(grace_seconds))
             if self._runner is not None:
-                asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result()
+                self._in_loop(self._runner.cleanup())
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._loop_thread.join()
             self._loop.close()

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import (
+    classification_pb2,
     get_model_metadata_pb2,
     get_model_status_pb2,
     model_service_pb2_grpc,
@@ -111,6 +112,16 @@ def test_error_codes_and_messages(channel):
     assert _error(stub.Predict, _request(rows=ROWS[:, :50])) == (
         grpc.StatusCode.INVALID_ARGUMENT,
         "input 'inputs' has shape [4,50] but the signature expects [-1,100]",
+    )
+    short = _request()
+    short.inputs["inputs"].tensor_shape.dim[0].size = 5  # 4 rows of content for 5
+    assert _error(stub.Predict, short) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "Invalid input tensor: tensor_content holds 400 values for shape [5, 100]",
+    )
+    assert _error(stub.Classify, classification_pb2.ClassificationRequest()) == (
+        grpc.StatusCode.UNIMPLEMENTED,
+        "Method not implemented!",
     )
     filtered = _request()
     filtered.output_filter.append("y3")

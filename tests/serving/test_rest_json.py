@@ -61,6 +61,9 @@ def test_row_format_needs_named_objects_for_several_inputs():
 
 def test_ragged_lists_are_refused():
     assert "ragged" in _message([[1, 2], [3]], False, _signature(x=types_pb2.DT_FLOAT))
+    # A list deeper than an earlier value at the same level, after and before a row of plain numbers.
+    assert "ragged" in _message([[1.0, 2.0], [1.0, [2.0]]], False, _signature(x=types_pb2.DT_FLOAT))
+    assert "ragged" in _message([[1.0, [2.0]], [1.0, 2.0]], False, _signature(x=types_pb2.DT_FLOAT))
 
 
 def test_response_formats():

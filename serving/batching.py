@@ -107,9 +107,13 @@ class BatchScheduler:
             else:
                 future.set_result(outputs)
 
-        self._enqueue(
-            signature_name, inputs, lambda outputs, error: loop.call_soon_threadsafe(settle, outputs, error)
-        )
+        def hand_over(outputs: Outputs | None, error: BaseException | None) -> None:
+            try:
+                loop.call_soon_threadsafe(settle, outputs, error)
+            except RuntimeError:  # the loop has closed (server stopped): nobody waits any more
+                pass
+
+        self._enqueue(signature_name, inputs, hand_over)
         return await future
 
     def _enqueue(self, signature_name: str, inputs: Mapping[str, np.ndarray], on_done: OnDone) -> None:

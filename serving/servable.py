@@ -17,6 +17,7 @@ from serving.config import BatchingOptions
 from serving.errors import ServingError, invalid_argument
 
 DEFAULT_SIGNATURE = "serving_default"
+INLINE_ROWS = 32
 PREDICT_METHOD = "tensorflow/serving/predict"
 _GRPC_CODES = {code.value[0]: code for code in grpc.StatusCode}  # TF error codes are gRPC's
 
@@ -100,10 +101,14 @@ class Servable:
         output_filter: Sequence[str],
         executor: Executor,
     ) -> dict[str, np.ndarray]:
-        """`run` for an event loop: the model call runs in a batch thread, or in `executor` unbatched."""
+        """`run` for an event loop: the model call runs in a batch thread; unbatched, requests of up to
+        `INLINE_ROWS` rows run in the loop itself (a thread hop costs them more than it saves) and larger
+        ones in `executor`, so the loop goes on answering meanwhile."""
         name, arrays = self._checked(signature_name, inputs)
         if self.batcher is not None:
             outputs = await self.batcher.submit_async(name, arrays)
+        elif max((len(value) for value in arrays.values() if value.ndim), default=1) <= INLINE_ROWS:
+            outputs = self._call(name, arrays)
         else:
             outputs = await asyncio.get_running_loop().run_in_executor(executor, self._call, name, arrays)
         return _filtered(outputs, output_filter)

@@ -187,3 +187,23 @@ def test_a_request_over_max_batch_size_gets_tf_servings_error(batching_server):
     response = requests.post(url, json={"instances": np.zeros((33, 100)).tolist()}, timeout=10)
     assert response.status_code == 400
     assert response.json() == {"error": "Task size 33 is larger than maximum input batch size 32"}
+
+
+def test_a_request_still_waiting_at_the_rest_timeout_gets_504_and_the_server_goes_on(exports):
+    config_file = exports["root"] / "timeout_models.config"
+    config_file.write_text('model_config_list { config { name: "mmoe" base_path: "two_tasks" } }')
+    options = ServerOptions(
+        grpc_port=0,
+        rest_port=0,
+        poll_seconds=0,
+        warmup=False,
+        rest_timeout_ms=200,
+        batching=BatchingOptions(max_batch_size=32, batch_timeout_micros=3_000_000),
+    )
+    with ModelServer(read_model_config_file(config_file), options) as server:
+        url = f"http://127.0.0.1:{server.rest_port}/v1/models/mmoe"
+        started = time.monotonic()
+        response = requests.post(f"{url}:predict", json={"instances": [[0.0] * 100]}, timeout=10)
+        assert (response.status_code, response.json()) == (504, {"error": "Request timed out."})
+        assert time.monotonic() - started < 2.0
+        assert requests.get(url, timeout=10).json()["model_version_status"][0]["state"] == "AVAILABLE"

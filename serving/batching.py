@@ -30,12 +30,20 @@ QUEUE_FULL = "The batch scheduling queue to which this task was submitted is ful
 
 
 class _Task:
-    """One request's rows, and whom to hand its share of the batch's outputs (or the batch's error)."""
+    """One request's rows, and whom to hand its share of the batch's outputs (or the batch's error):
+    `on_done` runs in the batch thread, or in `loop` when the request waits in an event loop."""
 
-    def __init__(self, inputs: Mapping[str, np.ndarray], size: int, on_done: OnDone) -> None:
+    def __init__(
+        self,
+        inputs: Mapping[str, np.ndarray],
+        size: int,
+        on_done: OnDone,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
         self.inputs = inputs
         self.size = size
         self.on_done = on_done
+        self.loop = loop
 
 
 class _Batch:
@@ -107,21 +115,21 @@ class BatchScheduler:
             else:
                 future.set_result(outputs)
 
-        def hand_over(outputs: Outputs | None, error: BaseException | None) -> None:
-            try:
-                loop.call_soon_threadsafe(settle, outputs, error)
-            except RuntimeError:  # the loop has closed (server stopped): nobody waits any more
-                pass
-
-        self._enqueue(signature_name, inputs, hand_over)
+        self._enqueue(signature_name, inputs, settle, loop)
         return await future
 
-    def _enqueue(self, signature_name: str, inputs: Mapping[str, np.ndarray], on_done: OnDone) -> None:
+    def _enqueue(
+        self,
+        signature_name: str,
+        inputs: Mapping[str, np.ndarray],
+        on_done: OnDone,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
         size = _batch_size(inputs)
         limit = self.options.max_batch_size
         if size > limit:
             raise invalid_argument(f"Task size {size} is larger than maximum input batch size {limit}")
-        task = _Task(inputs, size, on_done)
+        task = _Task(inputs, size, on_done, loop)
         key = (
             signature_name,
             *sorted((alias, value.dtype.str, value.shape[1:]) for alias, value in inputs.items()),
@@ -181,18 +189,18 @@ class BatchScheduler:
         try:
             outputs = self._run(signature_name, tasks)
         except BaseException as error:  # every waiting request must hear of it
-            for task in tasks:
-                task.on_done(None, error)
+            _hand_over([(task, None, error) for task in tasks])
             return
         with self._condition:
             self.batches_run += 1
             self.requests_run += len(tasks)
-        offset = 0
+        shares, offset = [], 0
         for task in tasks:
-            task.on_done(
-                {alias: value[offset : offset + task.size] for alias, value in outputs.items()}, None
+            shares.append(
+                (task, {alias: value[offset : offset + task.size] for alias, value in outputs.items()}, None)
             )
             offset += task.size
+        _hand_over(shares)
 
     def _run(self, signature_name: str, tasks: list[_Task]) -> Outputs:
         size = sum(task.size for task in tasks)
@@ -211,6 +219,26 @@ class BatchScheduler:
                     f"Batched output tensor {alias}'s 0th dimension does not equal the batch size {padded}",
                 )
         return outputs
+
+
+def _hand_over(results: list[tuple[_Task, Outputs | None, BaseException | None]]) -> None:
+    """Gives each task its result: in this thread, or with one wake-up per event loop for all its tasks."""
+    by_loop: dict[asyncio.AbstractEventLoop, list] = collections.defaultdict(list)
+    for task, outputs, error in results:
+        if task.loop is None:
+            task.on_done(outputs, error)
+        else:
+            by_loop[task.loop].append((task.on_done, outputs, error))
+    for loop, settles in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_settle_all, settles)
+        except RuntimeError:  # the loop has closed (server stopped): nobody waits any more
+            pass
+
+
+def _settle_all(settles: list) -> None:
+    for settle, outputs, error in settles:
+        settle(outputs, error)
 
 
 def _batch_size(inputs: Mapping[str, np.ndarray]) -> int:

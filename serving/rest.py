@@ -103,7 +103,8 @@ class RestFrontend:
 
     async def _run(self, answer: Awaitable[tuple[int, str]]) -> web.Response:
         try:
-            status, text = await asyncio.wait_for(answer, self.timeout_seconds)
+            async with asyncio.timeout(self.timeout_seconds):  # unlike wait_for, no task per request
+                status, text = await answer
         except TimeoutError:
             raise ServingError(grpc.StatusCode.DEADLINE_EXCEEDED, "Request timed out.") from None
         except ServingError:
@@ -149,7 +150,7 @@ class RestFrontend:
         return (
             servable,
             signature_name,
-            rest_json.tensors_from_json(payload, row_format, signature),
+            rest_json.tensors_from_json(payload, row_format, servable.input_dtypes(signature_name)),
             row_format,
         )
 

@@ -15,10 +15,9 @@ from typing import Any
 
 import numpy as np
 import tensorflow as tf
-from tensorflow.core.protobuf import meta_graph_pb2
 
 from serving.errors import ServingError, invalid_argument
-from serving.servable import signature_dtype, type_name
+from serving.servable import type_name
 
 _JSON_TYPES = {type(None): "Null", bool: "Bool", dict: "Object", list: "Array", str: "String"}
 
@@ -120,10 +119,6 @@ def _to_array(value: Any, dtype: tf.DType) -> np.ndarray:
     return np.array(leaves, dtype=dtype.as_numpy_dtype).reshape(shape)
 
 
-def _input_dtypes(signature: meta_graph_pb2.SignatureDef) -> dict[str, tf.DType]:
-    return {alias: signature_dtype(info) for alias, info in signature.inputs.items()}
-
-
 def _parse_instances(instances: Any, dtypes: Mapping[str, tf.DType]) -> dict[str, np.ndarray]:
     if not isinstance(instances, list) or not instances:
         raise invalid_argument("'instances' must be a non-empty JSON array")
@@ -195,9 +190,9 @@ def parse_predict_request(document: Any) -> tuple[str, Any, bool]:
 
 
 def tensors_from_json(
-    payload: Any, row_format: bool, signature: meta_graph_pb2.SignatureDef
+    payload: Any, row_format: bool, dtypes: Mapping[str, tf.DType]
 ) -> dict[str, np.ndarray]:
-    dtypes = _input_dtypes(signature)
+    """The request's tensors; `dtypes` are the signature's inputs (`Servable.input_dtypes`)."""
     return _parse_instances(payload, dtypes) if row_format else _parse_inputs(payload, dtypes)
 
 

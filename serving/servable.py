@@ -49,6 +49,10 @@ def signature_shape(info: meta_graph_pb2.TensorInfo) -> list[int] | None:
     return [dim.size for dim in info.tensor_shape.dim]
 
 
+def input_dtypes(signature: meta_graph_pb2.SignatureDef) -> dict[str, tf.DType]:
+    return {alias: signature_dtype(info) for alias, info in signature.inputs.items()}
+
+
 class Servable:
     """A SavedModel version loaded for serving.
 
@@ -64,6 +68,17 @@ class Servable:
         self.version = version
         self.path = path
         self.signature_defs = _read_signature_defs(path)
+        # What every request is checked against, read from the protos once.
+        self._input_specs = {
+            name: [
+                (alias, signature_dtype(info), signature_shape(info))
+                for alias, info in sorted(signature.inputs.items())
+            ]
+            for name, signature in self.signature_defs.items()
+        }
+        self._input_dtypes = {
+            name: input_dtypes(signature) for name, signature in self.signature_defs.items()
+        }
         self._loaded = tf.saved_model.load(str(path), tags=["serve"])
         self._functions = dict(self._loaded.signatures)
         self.batcher = (
@@ -74,6 +89,10 @@ class Servable:
         """Stops batching once the queued requests have run (requests still arriving run unbatched)."""
         if self.batcher is not None:
             self.batcher.close()
+
+    def input_dtypes(self, signature_name: str) -> dict[str, tf.DType]:
+        """The input aliases of a signature this servable has ("" means `serving_default`), with dtypes."""
+        return self._input_dtypes[signature_name or DEFAULT_SIGNATURE]
 
     def signature_def(self, signature_name: str) -> meta_graph_pb2.SignatureDef | None:
         """The named signature ("" means `serving_default`), or None if the model has no such one."""
@@ -118,11 +137,9 @@ class Servable:
     ) -> tuple[str, dict[str, np.ndarray]]:
         """The signature's name and the inputs as arrays of its dtypes and shapes."""
         name = signature_name or DEFAULT_SIGNATURE
-        signature = self.signature_defs[name]
         arrays = {}
-        for position, (alias, info) in enumerate(sorted(signature.inputs.items())):
+        for position, (alias, expected, shape) in enumerate(self._input_specs[name]):
             value = np.asarray(inputs[alias])
-            expected = signature_dtype(info)
             if tf.dtypes.as_dtype(value.dtype) != expected and not (
                 expected == tf.string and value.dtype.kind in "SUO"
             ):
@@ -130,17 +147,14 @@ class Servable:
                     f"Expects arg[{position}] to be {type_name(expected)} but "
                     f"{type_name(tf.dtypes.as_dtype(value.dtype))} is provided"
                 )
-            _check_shape(alias, value.shape, signature_shape(info))
+            _check_shape(alias, value.shape, shape)
             arrays[alias] = value.astype(object) if expected == tf.string else value
         return name, arrays
 
     def _call(self, signature_name: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """One call of the signature's function; every output, as numpy."""
-        signature = self.signature_defs[signature_name]
-        tensors = {
-            alias: tf.constant(value, dtype=signature_dtype(signature.inputs[alias]))
-            for alias, value in inputs.items()
-        }
+        dtypes = self._input_dtypes[signature_name]
+        tensors = {alias: tf.constant(value, dtype=dtypes[alias]) for alias, value in inputs.items()}
         try:
             outputs = self._functions[signature_name](**tensors)
         except tf.errors.InvalidArgumentError as error:

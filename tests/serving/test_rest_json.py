@@ -7,6 +7,7 @@ from tensorflow.core.protobuf import meta_graph_pb2
 
 from serving import rest_json
 from serving.errors import ServingError
+from serving.servable import input_dtypes
 
 
 def _signature(**inputs: int) -> meta_graph_pb2.SignatureDef:
@@ -19,38 +20,42 @@ def _signature(**inputs: int) -> meta_graph_pb2.SignatureDef:
 
 def _message(payload, row_format, signature) -> str:
     with pytest.raises(ServingError) as error:
-        rest_json.tensors_from_json(payload, row_format, signature)
+        rest_json.tensors_from_json(payload, row_format, input_dtypes(signature))
     return error.value.message
 
 
 def test_integers_reject_json_floats_and_floats_accept_integers():
     ints = _signature(ids=types_pb2.DT_INT32)
-    assert rest_json.tensors_from_json({"ids": [1, 2]}, False, ints)["ids"].dtype == np.int32
+    assert rest_json.tensors_from_json({"ids": [1, 2]}, False, input_dtypes(ints))["ids"].dtype == np.int32
     assert (
         _message({"ids": [1.0]}, False, ints) == "JSON Value: 1.0 Type: Number is not of expected type: int32"
     )
     floats = _signature(x=types_pb2.DT_FLOAT)
-    np.testing.assert_array_equal(rest_json.tensors_from_json([1, 2.5], False, floats)["x"], [1.0, 2.5])
+    np.testing.assert_array_equal(
+        rest_json.tensors_from_json([1, 2.5], False, input_dtypes(floats))["x"], [1.0, 2.5]
+    )
     assert _message([True], False, floats) == "JSON Value: true Type: Bool is not of expected type: float"
 
 
 def test_non_finite_tokens_are_accepted():
     values = rest_json.tensors_from_json(
-        rest_json.parse_body(b"[NaN, Infinity, -Infinity]"), False, _signature(x=types_pb2.DT_FLOAT)
+        rest_json.parse_body(b"[NaN, Infinity, -Infinity]"),
+        False,
+        input_dtypes(_signature(x=types_pb2.DT_FLOAT)),
     )["x"]
     assert np.isnan(values[0]) and values[1] == np.inf and values[2] == -np.inf
 
 
 def test_strings_and_b64():
     signature = _signature(word=types_pb2.DT_STRING)
-    parsed = rest_json.tensors_from_json([{"b64": "aGk="}, "yo"], True, signature)["word"]
+    parsed = rest_json.tensors_from_json([{"b64": "aGk="}, "yo"], True, input_dtypes(signature))["word"]
     assert parsed.tolist() == [b"hi", b"yo"]
     assert _message([3], True, signature) == "JSON Value: 3 Type: Number is not of expected type: string"
 
 
 def test_row_format_needs_named_objects_for_several_inputs():
     signature = _signature(a=types_pb2.DT_FLOAT, b=types_pb2.DT_FLOAT)
-    batch = rest_json.tensors_from_json([{"a": 1, "b": 2}, {"a": 3, "b": 4}], True, signature)
+    batch = rest_json.tensors_from_json([{"a": 1, "b": 2}, {"a": 3, "b": 4}], True, input_dtypes(signature))
     np.testing.assert_array_equal(batch["a"], [1, 3])
     assert "missing input(s): ['b']" in _message([{"a": 1}], True, signature)
     assert "unknown input(s): ['c']" in _message([{"a": 1, "b": 2, "c": 3}], True, signature)

@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from serving.batching import QUEUE_FULL, BatchScheduler
 from serving.client import connect
-from serving.config import BatchingOptions, read_model_config_file
+from serving.config import BatchingOptions, single_model
 from serving.errors import ServingError
 from serving.server import ModelServer, ServerOptions
 
@@ -141,20 +141,18 @@ def test_close_runs_what_is_queued_and_later_requests_run_unbatched():
 # -- through a real server ------------------------------------------------------------------------
 
 
+def _mmoe_server(exports, **options) -> ModelServer:
+    """A server of the two-task MMoE's newest version on ports the OS picks (not started)."""
+    sources = single_model("mmoe", exports["two_tasks"])
+    return ModelServer(sources, ServerOptions(grpc_port=0, rest_port=0, poll_seconds=0, **options))
+
+
 @pytest.fixture(scope="module")
 def batching_server(exports):
     """max_batch_size 32: the exports' warmup requests (up to 32 rows) must fit, as in TF Serving."""
-    config_file = exports["root"] / "batching_models.config"
-    config_file.write_text('model_config_list { config { name: "mmoe" base_path: "two_tasks" } }')
-    options = ServerOptions(
-        grpc_port=0,
-        rest_port=0,
-        poll_seconds=0,
-        batching=BatchingOptions(max_batch_size=32, batch_timeout_micros=200_000, num_batch_threads=1),
-    )
-    server = ModelServer(read_model_config_file(config_file), options).start()
-    yield server
-    server.stop()
+    batching = BatchingOptions(max_batch_size=32, batch_timeout_micros=200_000, num_batch_threads=1)
+    with _mmoe_server(exports, batching=batching) as server:
+        yield server
 
 
 def test_concurrent_single_rows_over_grpc_and_rest_are_batched_and_exact(batching_server, exports):
@@ -190,17 +188,8 @@ def test_a_request_over_max_batch_size_gets_tf_servings_error(batching_server):
 
 
 def test_a_request_still_waiting_at_the_rest_timeout_gets_504_and_the_server_goes_on(exports):
-    config_file = exports["root"] / "timeout_models.config"
-    config_file.write_text('model_config_list { config { name: "mmoe" base_path: "two_tasks" } }')
-    options = ServerOptions(
-        grpc_port=0,
-        rest_port=0,
-        poll_seconds=0,
-        warmup=False,
-        rest_timeout_ms=200,
-        batching=BatchingOptions(max_batch_size=32, batch_timeout_micros=3_000_000),
-    )
-    with ModelServer(read_model_config_file(config_file), options) as server:
+    batching = BatchingOptions(max_batch_size=32, batch_timeout_micros=3_000_000)
+    with _mmoe_server(exports, warmup=False, rest_timeout_ms=200, batching=batching) as server:
         url = f"http://127.0.0.1:{server.rest_port}/v1/models/mmoe"
         started = time.monotonic()
         response = requests.post(f"{url}:predict", json={"instances": [[0.0] * 100]}, timeout=10)

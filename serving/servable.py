@@ -49,10 +49,6 @@ def signature_shape(info: meta_graph_pb2.TensorInfo) -> list[int] | None:
     return [dim.size for dim in info.tensor_shape.dim]
 
 
-def input_dtypes(signature: meta_graph_pb2.SignatureDef) -> dict[str, tf.DType]:
-    return {alias: signature_dtype(info) for alias, info in signature.inputs.items()}
-
-
 class Servable:
     """A SavedModel version loaded for serving.
 
@@ -70,14 +66,15 @@ class Servable:
         self.signature_defs = _read_signature_defs(path)
         # What every request is checked against, read from the protos once.
         self._input_specs = {
-            name: [
+            signature_name: [
                 (alias, signature_dtype(info), signature_shape(info))
                 for alias, info in sorted(signature.inputs.items())
             ]
-            for name, signature in self.signature_defs.items()
+            for signature_name, signature in self.signature_defs.items()
         }
         self._input_dtypes = {
-            name: input_dtypes(signature) for name, signature in self.signature_defs.items()
+            signature_name: {alias: dtype for alias, dtype, _ in specs}
+            for signature_name, specs in self._input_specs.items()
         }
         self._loaded = tf.saved_model.load(str(path), tags=["serve"])
         self._functions = dict(self._loaded.signatures)

@@ -7,7 +7,7 @@ from tensorflow.core.protobuf import meta_graph_pb2
 
 from serving import rest_json
 from serving.errors import ServingError
-from serving.servable import input_dtypes
+from serving.servable import signature_dtype
 
 
 def _signature(**inputs: int) -> meta_graph_pb2.SignatureDef:
@@ -16,6 +16,10 @@ def _signature(**inputs: int) -> meta_graph_pb2.SignatureDef:
         signature.inputs[name].dtype = dtype
         signature.inputs[name].tensor_shape.CopyFrom(tensor_shape_pb2.TensorShapeProto(unknown_rank=True))
     return signature
+
+
+def input_dtypes(signature: meta_graph_pb2.SignatureDef) -> dict:
+    return {alias: signature_dtype(info) for alias, info in signature.inputs.items()}
 
 
 def _message(payload, row_format, signature) -> str:

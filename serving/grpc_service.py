@@ -1,8 +1,8 @@
 """The gRPC frontend: TF Serving's PredictionService and ModelService, from `tensorflow-serving-api`.
 
-The servicers run on a `grpc.aio` server, in the event loop the REST frontend shares: a request holds no
-thread while it waits for its batch or its model call, which a thread per request would (and dozens of
-threads contending for the GIL cost more CPU than the requests themselves).
+The servicers run on a `grpc.aio` server, in the event loop the REST frontend shares: a request waiting for
+its batch, or for a large unbatched call in the thread pool, holds no thread, as it would with a thread per
+request (dozens of threads contending for the GIL cost more CPU than the requests themselves).
 """
 
 from __future__ import annotations

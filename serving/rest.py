@@ -1,8 +1,9 @@
 """The REST frontend: TF Serving's `/v1/models/...` URLs and JSON on an aiohttp server.
 
 URL matching follows model_servers/http_rest_api_handler.cc: case-insensitive, name and label URL-decoded, a
-version or a label but not both. Requests are handled in the event loop; model calls run in batch threads or
-a thread pool, and large bodies are parsed there too, so the loop keeps answering meanwhile.
+version or a label but not both. Requests are handled in the event loop; batched model calls run in batch
+threads, and large requests (their parsing, model call and formatting) in a thread pool, so the loop keeps
+answering meanwhile.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ class RestFrontend:
     Args:
         manager: the served models.
         metrics: where request counts and latencies go.
-        executor: runs unbatched model calls, and the parsing and formatting of large bodies.
+        executor: runs large unbatched model calls, and the parsing and formatting of large bodies.
         max_request_bytes: bodies larger than this (after gzip decoding) get a 413.
         timeout_seconds: a request running longer gets a 504, as `--rest_api_timeout_in_ms`.
         metrics_path: the Prometheus path, or None to serve no metrics.

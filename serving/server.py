@@ -39,7 +39,7 @@ class ServerOptions:
     max_request_bytes: int = 64 * 2**20
     rest_timeout_ms: int = 30_000
     metrics_path: str | None = DEFAULT_METRICS_PATH
-    worker_threads: int = 16  # unbatched model calls (and large REST bodies) run in these
+    worker_threads: int = 16  # large unbatched model calls and large REST bodies run in these
     batching: BatchingOptions | None = None
 
 

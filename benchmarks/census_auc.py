@@ -52,10 +52,10 @@ def run(architecture: str, seed: int, data_config: DataConfig) -> dict:
     with tempfile.TemporaryDirectory() as model_dir:
         estimator = Estimator(config, model_dir)
         started = time.perf_counter()
-        estimator.train(data.input_fn(data_config, "train", train), FLAGS.max_steps)
+        estimator.train(data.input_fn(config, "train"), FLAGS.max_steps)
         seconds = time.perf_counter() - started
         scores = {
-            split: estimator.evaluate(data.input_fn(data_config, split, train)) for split in ("eval", "test")
+            split: estimator.evaluate(data.input_fn(config, split), split) for split in ("eval", "test")
         }
     return {
         "model": architecture,

@@ -80,7 +80,7 @@ def export_model(workdir: Path) -> Path:
     )
     config = ExperimentConfig(model=model, data=data_config, train=TrainConfig(batch_size=256))
     estimator = Estimator(config, workdir / "model")
-    estimator.train(data.input_fn(data_config, "train", config.train), 100)
+    estimator.train(data.input_fn(config, "train"), 100)
     return estimator.export(workdir / "export")
 
 

@@ -29,8 +29,8 @@ OUTPUT_ACTIVATIONS = ("sigmoid", "linear", "relu", "softplus", "exponential")
 HIDDEN_ACTIVATIONS = ("relu", "gelu", "silu", "tanh", "elu", "selu", "sigmoid", "linear")
 OPTIMIZERS = ("adam", "adagrad", "sgd", "rmsprop")
 FEATURE_KINDS = ("numeric", "categorical", "hashed")
-TABULAR_FORMATS = ("csv", "tfrecord")
-LINE_SPLITS = ("", "80/10/10", "halves")
+TABULAR_FORMATS = ("csv", "tfrecord", "parquet")
+SPLITS = ("train", "eval", "test")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +38,8 @@ class FeatureConfig:
     """One raw input of the model, as named in the serving signature, and how the model preprocesses it.
 
     `numeric`: float `[batch]` (`dim` 1) or `[batch, dim]`, normalised with `mean` and `variance` when given.
+    A missing number is NaN: it is imputed with `mean` and, with `missing_indicator`, flagged in an extra
+    input.
     `categorical`: string `[batch]`, looked up in `vocabulary` (unseen values go to `oov_buckets`), embedded.
     `hashed`: string `[batch]`, hashed into `hash_buckets`, embedded. The statistics come from training data.
     """
@@ -51,6 +53,7 @@ class FeatureConfig:
     oov_buckets: int = 1
     hash_buckets: int = 0
     embedding_dim: int = 4
+    missing_indicator: bool = False
 
     def validate(self) -> None:
         if not self.name:
@@ -177,27 +180,65 @@ class SyntheticDataConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TabularDataConfig:
-    """Rows of raw columns in CSV (plain or gzip) or TFRecord files, described by a schema.
+    """Rows of raw columns in CSV (plain or gzip), TFRecord or Parquet files, described by a schema.
 
-    `schema` is the resolved schema as a JSON object (see `pipeline.data.schema`). `line_split` carves splits
-    out of files by line number: "80/10/10" gives lines 1-8 of every 10 to train, the 9th to eval, the 10th to
-    test; "halves" trains on `train_files` whole and gives odd lines of the eval files to eval, even to test.
+    `schema` is the resolved schema as a JSON object (see `pipeline.data.schema`). File paths are absolute, so
+    every stage works from any directory. `split` carves splits out of files by row position:
+    "A/B/C" (percentages, e.g. "80/10/10") deals the rows of `train_files` to train, eval and test in that
+    proportion (rows 1-8 of every 10 train, the 9th is eval, the 10th test); "halves" trains on `train_files`
+    whole and gives the odd rows of `eval_files` to eval, the even ones to test.
     """
 
     format: str = "csv"
     train_files: tuple[str, ...] = ()
     eval_files: tuple[str, ...] = ()
+    test_files: tuple[str, ...] = ()
     schema: dict = dataclasses.field(default_factory=dict)
-    line_split: str = ""
+    split: str = ""
     skip_bad_rows: bool = False
 
     def validate(self) -> None:
         check_choice("data format", self.format, TABULAR_FORMATS)
-        check_choice("line_split", self.line_split, LINE_SPLITS)
+        split_proportions(self.split)
         if not self.train_files:
-            raise ConfigError("--train_files matches no file.")
-        if not self.eval_files:
-            raise ConfigError("--eval_files matches no file.")
+            raise invalid("train_files", [], "must name at least one file")
+        if not self.eval_files and not self.split:
+            raise invalid("eval_files", [], "must name at least one file (or give a split of train_files)")
+
+    def files(self, split: str) -> tuple[str, ...]:
+        """The files `split`'s rows come from: its own, else those a `split` carves it from (or none)."""
+        check_choice("split", split, SPLITS)
+        own = {"train": self.train_files, "eval": self.eval_files, "test": self.test_files}[split]
+        if own or split == "train" or not self.split:
+            return own
+        return self.eval_files if self.split == "halves" else self.train_files
+
+    def carved(self, split: str) -> bool:
+        """Whether `split` holds a share of its files' rows (by position) rather than all of them."""
+        if self.split == "halves":
+            return split != "train" and not self.test_files
+        own = {"train": self.train_files, "eval": self.eval_files, "test": self.test_files}[split]
+        return bool(self.split) and (split == "train" or not own)
+
+
+def split_proportions(split: str) -> tuple[int, int, int] | None:
+    """The train/eval/test shares of a row-position split "A/B/C", reduced ("80/10/10" -> (8, 1, 1)).
+
+    None for no split or "halves"; an invalid split raises `ConfigError` naming it.
+    """
+    if split in ("", "halves"):
+        return None
+    parts = split.split("/")
+    try:
+        shares = tuple(int(part) for part in parts)
+    except ValueError:
+        shares = ()
+    if len(shares) != 3 or min(shares) < 0 or shares[0] == 0 or sum(shares) != 100:
+        raise invalid(
+            "split", split, "must be three whole percentages train/eval/test summing to 100, e.g. 80/10/10"
+        )
+    divisor = math.gcd(*shares)
+    return tuple(share // divisor for share in shares)  # type: ignore[return-value]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -227,6 +268,7 @@ class TrainConfig:
     keep_checkpoint_max: int = 5
     log_every_steps: int = 100
     shuffle_buffer: int = 10_000
+    in_memory_max_mb: int = 2048
 
     def validate(self) -> None:
         check_positive_int("batch_size", self.batch_size)
@@ -237,6 +279,8 @@ class TrainConfig:
         check_positive_int("keep_checkpoint_max", self.keep_checkpoint_max)
         check_positive_int("log_every_steps", self.log_every_steps)
         check_positive_int("shuffle_buffer", self.shuffle_buffer)
+        if not isinstance(self.in_memory_max_mb, int) or self.in_memory_max_mb < 0:
+            raise invalid("in_memory_max_mb", self.in_memory_max_mb, "must be an integer >= 0")
 
 
 @dataclasses.dataclass(frozen=True)

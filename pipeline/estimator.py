@@ -26,7 +26,8 @@ from pipeline.errors import ModelDirError
 from pipeline.models import model_fn
 from pipeline.progress import TrainingProgress
 
-InputFn = Callable[[tf.distribute.InputContext], tf.data.Dataset]
+# (input context, batches already trained) -> batches of (features, labels, weights); see `pipeline.data`.
+InputFn = Callable[[tf.distribute.InputContext, int], tf.data.Dataset]
 
 _OPTIMIZERS = {
     "adam": keras.optimizers.Adam,
@@ -119,12 +120,11 @@ class Estimator:
     def _build_train_steps(self) -> Callable:
         model, optimizer, strategy = self.model, self.optimizer, self.strategy
         task_heads = model.heads
-        global_batch_size = self.config.train.batch_size  # over all replicas
 
-        def step_fn(features: dict, labels: dict) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
+        def step_fn(features: dict, labels: dict, weights: dict) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
             with tf.GradientTape() as tape:
                 logits = model.task_logits(features, training=True)
-                loss, task_losses = heads.total_loss(task_heads, labels, logits, global_batch_size)
+                loss, task_losses = heads.total_loss(task_heads, labels, weights, logits)
             gradients = tape.gradient(loss, model.trainable_variables)
             optimizer.apply_gradients(zip(gradients, model.trainable_variables, strict=True))
             return loss, task_losses
@@ -135,8 +135,8 @@ class Estimator:
             total = tf.constant(0.0)
             per_task = {head.name: tf.constant(0.0) for head in task_heads}
             for _ in tf.range(num_steps):
-                features, labels = next(iterator)
-                loss, task_losses = strategy.run(step_fn, args=(features, labels))
+                features, labels, weights = next(iterator)
+                loss, task_losses = strategy.run(step_fn, args=(features, labels, weights))
                 total += strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None)
                 per_task = {
                     name: per_task[name]
@@ -157,8 +157,9 @@ class Estimator:
     def train(self, input_fn: InputFn, max_steps: int) -> dict[str, Any]:
         """Trains until the global step reaches `max_steps` (a total, as in the Estimator).
 
-        A `model_dir` already at or past `max_steps` is left as it is. The input is skipped ahead by the
-        steps already trained, so a resumed run sees the batches an uninterrupted run would have seen.
+        A `model_dir` already at or past `max_steps` is left as it is. The input function is told how many
+        steps were already trained, so a resumed run sees the batches an uninterrupted run would have seen
+        without reading through the ones before.
 
         Returns:
             `{"global_step", "loss", "task_losses", "examples_per_sec"}` of the last report, with
@@ -176,7 +177,7 @@ class Estimator:
             self._train_steps_fn = self._build_train_steps()
         train_config = self.config.train
         dataset = self.strategy.distribute_datasets_from_function(
-            lambda context: input_fn(context).skip(start)
+            lambda context: input_fn(context, start)
         )
         iterator = iter(dataset)
         progress = TrainingProgress(
@@ -223,23 +224,31 @@ class Estimator:
             return {name: strategy.gather(value, axis=0) for name, value in values.items()}
 
         @tf.function(reduce_retracing=True)
-        def eval_batch(features: Any, labels: Any) -> tf.Tensor:
+        def eval_batch(features: Any, labels: Any, weights: Any) -> tf.Tensor:
             logits = gather(strategy.run(logits_fn, args=(features,)))
-            labels = gather(labels)
+            labels, weights = gather(labels), gather(weights)
             for head in model.heads:
-                head.update_metrics(metrics[head.name], labels[head.label], logits[head.name])
+                head.update_metrics(
+                    metrics[head.name], labels[head.label], logits[head.name], weights[head.label]
+                )
             return tf.shape(next(iter(labels.values())))[0]
 
         return eval_batch
 
-    def evaluate(self, input_fn: InputFn) -> dict[str, Any]:
-        """Computes each task's metrics, on that task's own labels, over one pass of `input_fn`.
+    def evaluate(self, input_fn: InputFn, split: str = "eval", files: tuple[str, ...] = ()) -> dict[str, Any]:
+        """Computes each task's metrics, on that task's labelled rows, over one pass of `input_fn`.
 
-        Writes the results to `model_dir/eval_results.json` and as TensorBoard scalars under `eval/`.
+        Writes the results to `model_dir/<split>_results.json` and as TensorBoard scalars under `<split>/`.
+
+        Args:
+            input_fn: the split's input function.
+            split: the split's name (`eval`, `test`), under which the results are kept.
+            files: the files the split was read from, recorded with the results.
 
         Returns:
-            `{"global_step", "examples", "loss", "tasks": {task: {metric: value}}}`, where `loss` is the
-            weighted total of the task losses.
+            `{"global_step", "split", "files", "examples", "loss", "tasks": {task: {metric: value}}}`, where
+            `loss` is the task-weighted total of the task losses and each task's `examples` counts the rows
+            labelled for it.
 
         Raises:
             ModelDirError: `model_dir` holds no checkpoint.
@@ -253,21 +262,28 @@ class Estimator:
                 metric.reset_state()
         started = time.perf_counter()
         examples = 0
-        for features, labels in self.strategy.distribute_datasets_from_function(input_fn):
-            examples += int(self._eval_batch_fn(features, labels))
+        dataset = self.strategy.distribute_datasets_from_function(lambda context: input_fn(context, 0))
+        for features, labels, weights in dataset:
+            examples += int(self._eval_batch_fn(features, labels, weights))
         tasks = {
-            name: {metric_name: float(metric.result()) for metric_name, metric in task.items()}
+            name: {
+                metric_name: int(metric.result()) if metric_name == heads.EXAMPLES else float(metric.result())
+                for metric_name, metric in task.items()
+            }
             for name, task in metrics.items()
         }
         results = {
             "global_step": self.step,
+            "split": split,
+            "files": list(files),
             "examples": examples,
             "loss": sum(head.weight * tasks[head.name]["loss"] for head in self.model.heads),
             "tasks": tasks,
         }
         logging.info(
-            "Evaluated %d examples at step %d in %.1fs: %s",
+            "Evaluated %d %s examples at step %d in %.1fs: %s",
             examples,
+            split,
             self.step,
             time.perf_counter() - started,
             "; ".join(
@@ -276,8 +292,9 @@ class Estimator:
             ),
         )
         if self.is_chief:
-            model_dir_files.write_json_atomically(self.model_dir / model_dir_files.EVAL_RESULTS_FILE, results)
-            with self._summary_writer("eval").as_default(step=self.step):
+            results_path = self.model_dir / model_dir_files.results_file(split)
+            model_dir_files.write_json_atomically(results_path, results)
+            with self._summary_writer(split).as_default(step=self.step):
                 tf.summary.scalar("loss/total", results["loss"])
                 for name, values in tasks.items():
                     for metric_name, value in values.items():
@@ -285,7 +302,12 @@ class Estimator:
         return results
 
     def train_and_evaluate(
-        self, train_input_fn: InputFn, eval_input_fn: InputFn, max_steps: int, eval_every_steps: int
+        self,
+        train_input_fn: InputFn,
+        eval_input_fn: InputFn,
+        max_steps: int,
+        eval_every_steps: int,
+        eval_files: tuple[str, ...] = (),
     ) -> dict[str, Any]:
         """Alternates training for `eval_every_steps` and evaluating, until `max_steps`.
 
@@ -298,7 +320,7 @@ class Estimator:
         while True:
             target = min(max_steps, (self.step // eval_every_steps + 1) * eval_every_steps)
             self.train(train_input_fn, target)
-            results = self.evaluate(eval_input_fn)
+            results = self.evaluate(eval_input_fn, "eval", eval_files)
             if self.step >= max_steps:
                 return results
 

@@ -60,7 +60,9 @@ def sample_features(model: MultiTaskModel, batch_size: int, seed: int = 0) -> di
             choices = np.array([*known, "<unseen>", ""], dtype=object)
             samples[feature.name] = choices[rng.integers(0, len(choices), size=batch_size)]
         else:
-            samples[feature.name] = rng.normal(size=(batch_size, *spec.shape[1:])).astype(np.float32)
+            values = rng.normal(size=(batch_size, *spec.shape[1:])).astype(np.float32)
+            values[rng.random(values.shape) < 0.1] = np.nan  # missing numbers: the imputation path
+            samples[feature.name] = values
     return samples
 
 
@@ -68,7 +70,7 @@ def _write_saved_model(model: MultiTaskModel, path: Path) -> None:
     archive = ExportArchive()
     archive.track(model)
     # Vocabulary lookup tables are TF resources, not variables: Keras does not reach them through the model.
-    for layer in model.encoder.lookup_layers():
+    for layer in model.preprocessor.lookup_layers():
         archive.track(layer)
     archive.add_endpoint(
         SIGNATURE,

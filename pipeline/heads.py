@@ -2,6 +2,12 @@
 
 A head knows nothing about the architecture; it turns a task's logits and labels into predictions, a loss and
 metric updates. `total_loss` is the only place the task losses are combined.
+
+Every example carries a weight per task: its sample weight, and 0 where the task's label is missing, so an
+unlabelled row adds nothing to that task's loss or metrics while it still trains the other tasks. A task's
+loss is the weighted mean over the rows labelled for it in the global batch (all replicas), so a task
+labelled on a tenth of the rows is not learned ten times more slowly, and the training loss reads like the
+evaluation one.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import tensorflow as tf
 
 from pipeline.config import TaskConfig
 
+EXAMPLES = "examples"  # the metric counting a task's labelled examples
 _REGRESSION_LOSSES = {
     "mse": keras.losses.mean_squared_error,
     "huber": keras.losses.huber,  # delta 1.0
@@ -60,9 +67,10 @@ class Head:
         return loss_fn(labels[:, None], self.predictions(logits)[:, None])
 
     def create_metrics(self) -> dict[str, keras.metrics.Metric]:
-        """Fresh metric objects for one evaluation: the task's metrics plus its mean loss."""
+        """Fresh metrics for one evaluation: the task's metrics, its mean loss, its count of weighted rows."""
         metrics = {"loss": keras.metrics.Mean(name="loss")}
         metrics.update({name: _make_metric(name) for name in self.task.metrics})
+        metrics[EXAMPLES] = keras.metrics.Sum(name=EXAMPLES)
         return metrics
 
     def update_metrics(
@@ -70,15 +78,20 @@ class Head:
         metrics: Mapping[str, keras.metrics.Metric],
         labels: tf.Tensor,
         logits: tf.Tensor,
+        weights: tf.Tensor,
     ) -> None:
-        """Adds one batch of this task's own labels and logits to `metrics`."""
+        """Adds one batch of this task's labels and logits to `metrics`, each example weighted."""
         labels = tf.cast(labels, logits.dtype)
+        weights = tf.cast(weights, logits.dtype)
         predictions = self.predictions(logits)
         for name, metric in metrics.items():
             if name == "loss":
-                metric.update_state(self.per_example_loss(labels, logits))
+                metric.update_state(self.per_example_loss(labels, logits), sample_weight=weights)
+            elif name == EXAMPLES:
+                metric.update_state(tf.cast(weights > 0, logits.dtype))
             else:
-                metric.update_state(labels, predictions)
+                # Keras' metric functions average over the last axis: give every example an axis of its own.
+                metric.update_state(labels[:, None], predictions[:, None], sample_weight=weights)
 
 
 def build_heads(tasks: Sequence[TaskConfig]) -> list[Head]:
@@ -88,19 +101,26 @@ def build_heads(tasks: Sequence[TaskConfig]) -> list[Head]:
 def total_loss(
     heads: Sequence[Head],
     labels: Mapping[str, tf.Tensor],
+    weights: Mapping[str, tf.Tensor],
     logits: Mapping[str, tf.Tensor],
-    global_batch_size: int | tf.Tensor,
 ) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
-    """The weighted sum of the task losses, and each task's unweighted loss.
+    """The task-weighted sum of the task losses, and each task's loss (before its task weight).
 
-    Losses are summed over the replica's examples and divided by the global batch size, so summing over
-    replicas gives the mean over the global batch (the `tf.distribute` convention).
+    Called once per replica: each task's weighted loss sum over the replica's examples is divided by the
+    task's weight sum over the global batch (an all-reduce across replicas), so summing the replicas' results
+    gives the weighted mean over the global batch's labelled rows (the `tf.distribute` convention). A task
+    with no labelled row in the batch adds 0.
     """
+    context = tf.distribute.get_replica_context()
     per_task: dict[str, Any] = {}
     total = tf.constant(0.0)
     for head in heads:
         per_example = head.per_example_loss(labels[head.label], logits[head.name])
-        task_loss = tf.reduce_sum(per_example) / tf.cast(global_batch_size, per_example.dtype)
+        task_weights = tf.cast(weights[head.label], per_example.dtype)
+        weight_sum = tf.reduce_sum(task_weights)
+        if context is not None and context.num_replicas_in_sync > 1:
+            weight_sum = context.all_reduce(tf.distribute.ReduceOp.SUM, weight_sum)
+        task_loss = tf.math.divide_no_nan(tf.reduce_sum(task_weights * per_example), weight_sum)
         per_task[head.name] = task_loss
         total += head.weight * task_loss
     return total, per_task

@@ -16,7 +16,11 @@ from pipeline.config import ExperimentConfig
 from pipeline.errors import ConfigError, ModelDirError
 
 CONFIG_FILE = "config.json"
-EVAL_RESULTS_FILE = "eval_results.json"
+
+
+def results_file(split: str) -> str:
+    """Where a split's last evaluation is kept: `eval_results.json`, `test_results.json`."""
+    return f"{split}_results.json"
 
 
 def check_usable(model_dir: str | os.PathLike) -> Path:
@@ -51,22 +55,55 @@ def save_config(model_dir: str | os.PathLike, config: ExperimentConfig) -> None:
 
 
 def check_same_model(model_dir: str | os.PathLike, config: ExperimentConfig) -> None:
-    """Refuses to train or restore `config` in a `model_dir` that holds a different model or data."""
+    """Refuses to train or restore `config` in a `model_dir` that holds a different model or data.
+
+    The data's files may differ (files move; a trained model may be evaluated on other files), its schema,
+    split and source may not.
+    """
     saved = load_config(model_dir)
     if saved is None:
         return
-    differences = [
-        f"{section}.{name}: saved {old!r}, requested {new!r}"
-        for section in ("model", "data")
-        for name, old, new in _differences(getattr(saved, section), getattr(config, section))
-    ]
-    if differences:
+    lines = differences(_identity(saved), _identity(config))
+    if lines:
         raise ConfigError(
-            f"{Path(model_dir) / CONFIG_FILE} holds a different model ({'; '.join(differences)}). "
-            "Use a new --model_dir, or drop the conflicting flags."
+            f"{Path(model_dir) / CONFIG_FILE} holds a different model. Use a new --model_dir, or drop the "
+            "conflicting flags. What differs:\n  " + "\n  ".join(lines)
         )
 
 
-def _differences(saved: Any, requested: Any) -> list[tuple[str, Any, Any]]:
-    old, new = dataclasses.asdict(saved), dataclasses.asdict(requested)
-    return [(name, old[name], new[name]) for name in old if old[name] != new[name]]
+def _identity(config: ExperimentConfig) -> dict[str, Any]:
+    """What makes a model this model: everything but the data's file paths and bad-row policy."""
+    tabular = dataclasses.asdict(config.data.tabular)
+    for moving in ("train_files", "eval_files", "test_files", "skip_bad_rows"):
+        tabular.pop(moving)
+    data = {**dataclasses.asdict(config.data), "tabular": tabular}
+    return {"model": dataclasses.asdict(config.model), "data": data}
+
+
+def differences(saved: Any, requested: Any, path: str = "") -> list[str]:
+    """One line per leaf where two JSON-like values differ: "path: saved X, requested Y"."""
+    if isinstance(saved, dict) and isinstance(requested, dict):
+        lines = []
+        for key in list(dict.fromkeys([*saved, *requested])):
+            where = f"{path}.{key}" if path else str(key)
+            lines += differences(saved.get(key), requested.get(key), where)
+        return lines
+    if (
+        isinstance(saved, (list, tuple))
+        and isinstance(requested, (list, tuple))
+        and len(saved) == len(requested)
+    ):
+        if all(isinstance(v, (dict, list, tuple)) for v in (*saved, *requested)):
+            return [
+                line
+                for i, (a, b) in enumerate(zip(saved, requested, strict=True))
+                for line in differences(a, b, f"{path}[{i}]")
+            ]
+    if _plain(saved) == _plain(requested):
+        return []
+    return [f"{path}: saved {_plain(saved)!r}, requested {_plain(requested)!r}"]
+
+
+def _plain(value: Any) -> Any:
+    """Tuples as lists, so that a fresh config and one read from JSON compare equal."""
+    return json.loads(json.dumps(value))

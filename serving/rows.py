@@ -42,23 +42,43 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
 def to_columns(
     rows: list[Mapping[str, Any]], dtypes: Mapping[str, np.dtype], source: str
 ) -> dict[str, np.ndarray]:
-    """Stacks each input over the rows, converting CSV strings to the input's dtype."""
+    """Stacks each input over the rows, converting CSV strings to the input's dtype.
+
+    An empty cell of a float input is a missing number, NaN, which the exported model imputes as training did.
+    """
     if not rows:
         raise RowsError(f"{source} holds no rows.")
     columns = {}
     for name, dtype in dtypes.items():
         values = []
+        floating = np.dtype(dtype).kind == "f"
         for number, row in enumerate(rows, start=1):
             if name not in row:
                 raise RowsError(
                     f"{source} row {number}: missing input {name!r} (inputs: {', '.join(dtypes)})."
                 )
-            values.append(row[name])
+            value = row[name]
+            if floating and isinstance(value, str) and not value.strip():
+                value = "nan"
+            values.append(value)
         try:
             columns[name] = np.asarray(values, dtype=object if dtype == np.object_ else dtype)
-        except (TypeError, ValueError) as error:
-            raise RowsError(f"{source}: input {name!r} is not {np.dtype(dtype).name}: {error}") from None
+        except (TypeError, ValueError):
+            number = _first_bad_row(values, dtype)
+            raise RowsError(
+                f"{source} row {number}: input {name!r} holds {values[number - 1]!r}, "
+                f"not {np.dtype(dtype).name}."
+            ) from None
     return columns
+
+
+def _first_bad_row(values: list[Any], dtype: np.dtype) -> int:
+    for number, value in enumerate(values, start=1):
+        try:
+            np.asarray(value, dtype=dtype)
+        except (TypeError, ValueError):
+            return number
+    return 1
 
 
 def batches(columns: Mapping[str, np.ndarray], batch_size: int) -> Iterator[dict[str, np.ndarray]]:

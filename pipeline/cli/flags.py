@@ -14,6 +14,7 @@ from typing import Any
 from absl import flags
 
 from pipeline import data
+from pipeline import model_dir as model_dir_files
 from pipeline.config import (
     LOSSES_BY_TYPE,
     DataConfig,
@@ -59,12 +60,19 @@ flags.DEFINE_list("task_losses", [], "log_loss, mse or huber, one per task (defa
 flags.DEFINE_list("task_weights", [], "Loss weight of each task (default: 1 each).")
 
 # -- data -----------------------------------------------------------------------------------------
-flags.DEFINE_string("data", "synthetic", "Data source: synthetic, census, csv or tfrecord.")
+flags.DEFINE_string("data", "synthetic", "Data source: synthetic, census, csv, tfrecord or parquet.")
 flags.DEFINE_string("data_dir", None, "census: directory of the UCI files (census-income.test.gz, ...).")
 flags.DEFINE_integer("census_group", 1, "census: task group 1 (income, marital) or 2 (education, marital).")
-flags.DEFINE_list("train_files", [], "csv/tfrecord: training file patterns (comma-separated globs).")
-flags.DEFINE_list("eval_files", [], "csv/tfrecord: evaluation file patterns.")
-flags.DEFINE_string("schema", None, "csv/tfrecord: the feature schema JSON file (see README, Your own data).")
+flags.DEFINE_boolean(
+    "census_instance_weights", False, "census: weight every task's loss and metrics by instance_weight."
+)
+flags.DEFINE_list("train_files", [], "Tables: training file patterns (comma-separated globs).")
+flags.DEFINE_list("eval_files", [], "Tables: evaluation file patterns (evaluate: evaluate on these files).")
+flags.DEFINE_list("test_files", [], "Tables: test file patterns (evaluate --eval_split=test).")
+flags.DEFINE_string(
+    "split", "", "Tables: carve eval and test out of --train_files by row, e.g. 80/10/10 (percentages)."
+)
+flags.DEFINE_string("schema", None, "Tables: the feature schema JSON file (see README, Your own data).")
 flags.DEFINE_boolean("skip_bad_rows", False, "Skip (and count) malformed CSV rows instead of stopping.")
 flags.DEFINE_enum("eval_split", "eval", ["eval", "test"], "evaluate: the held-out split to evaluate on.")
 _SYNTHETIC = SyntheticDataConfig()
@@ -88,7 +96,13 @@ flags.DEFINE_integer("log_every_steps", _TRAIN.log_every_steps, "Steps between p
 flags.DEFINE_integer(
     "shuffle_buffer",
     _TRAIN.shuffle_buffer,
-    "Shuffle buffer of training rows read from files (synthetic data is reshuffled whole each epoch).",
+    "Shuffle buffer of rows streamed from files (tables held in memory are reshuffled whole each epoch).",
+)
+flags.DEFINE_integer(
+    "in_memory_max_mb",
+    _TRAIN.in_memory_max_mb,
+    "Tables whose files take at most this many MiB decoded (gzip and Parquet counted 4x, TFRecord 3x) are "
+    "read and preprocessed once into memory; larger ones stream.",
 )
 
 
@@ -203,19 +217,36 @@ def _tabular_config() -> TabularDataConfig:
     if FLAGS.data == "census":
         if not FLAGS.data_dir:
             raise ConfigError("--data=census needs --data_dir, the directory of the UCI files.")
-        return census.data_config(FLAGS.data_dir, FLAGS.census_group, FLAGS.skip_bad_rows)
+        return census.data_config(
+            FLAGS.data_dir, FLAGS.census_group, FLAGS.skip_bad_rows, FLAGS.census_instance_weights
+        )
     if not FLAGS.schema:
         raise ConfigError(f"--data={FLAGS.data} needs --schema, a feature schema JSON file.")
-    train_files = tabular.expand_patterns("train_files", FLAGS.train_files)
-    eval_files = tabular.expand_patterns("eval_files", FLAGS.eval_files)
+    if not FLAGS.train_files:
+        raise ConfigError(f"--data={FLAGS.data} needs --train_files.")
+    if FLAGS.split and FLAGS.eval_files:
+        raise ConfigError("Give --eval_files or --split (which carves eval out of --train_files), not both.")
+    if not FLAGS.split and not FLAGS.eval_files:
+        raise ConfigError(f"--data={FLAGS.data} needs --eval_files, or --split=80/10/10 to carve them out.")
+    train_files = _files("train_files")
     schema = tabular.resolve_columns(load_schema(FLAGS.schema), train_files, FLAGS.data)
     return TabularDataConfig(
         format=FLAGS.data,
         train_files=train_files,
-        eval_files=eval_files,
+        eval_files=_files("eval_files"),
+        test_files=_files("test_files"),
         schema=schema_to_dict(schema),
+        split=FLAGS.split,
         skip_bad_rows=FLAGS.skip_bad_rows,
     )
+
+
+def _files(flag: str) -> tuple[str, ...]:
+    """A file flag's matching files, as absolute paths; a pattern matching none names the flag."""
+    for pattern in FLAGS[flag].value:
+        if not tabular.matches(pattern):
+            raise ConfigError(f"--{flag}={pattern} matches no file.")
+    return tabular.expand_patterns(flag, FLAGS[flag].value)
 
 
 def _data_config() -> DataConfig:
@@ -247,9 +278,10 @@ def config_from_flags(with_features: bool = True) -> ExperimentConfig:
     """
     data_config = _data_config()
     data_config.validate()
+    train = TrainConfig(**{field.name: FLAGS[field.name].value for field in _TRAIN_FIELDS})
     model = ModelConfig(
         architecture=FLAGS.model,
-        features=data.features(data_config) if with_features else (),
+        features=data.features(data_config, train) if with_features else (),
         tasks=_tasks(data_config),
         num_experts=FLAGS.num_experts,
         expert_units=_ints("expert_units", FLAGS.expert_units),
@@ -258,7 +290,6 @@ def config_from_flags(with_features: bool = True) -> ExperimentConfig:
         dropout=FLAGS.dropout,
         activation=FLAGS.activation,
     )
-    train = TrainConfig(**{field.name: FLAGS[field.name].value for field in _TRAIN_FIELDS})
     return ExperimentConfig(model=model, data=data_config, train=train)
 
 
@@ -286,7 +317,11 @@ _FIXED_FLAGS: dict[str, Callable[[ExperimentConfig], Any]] = {
     "synthetic_m": lambda c: c.data.synthetic.m,
     "synthetic_seed": lambda c: c.data.synthetic.seed,
     "census_group": lambda c: c.data.tabular.schema.get("tasks") if c.data.source == "census" else None,
-    "schema": lambda c: c.data.tabular.schema if c.data.source in ("csv", "tfrecord") else None,
+    "census_instance_weights": lambda c: (
+        c.data.tabular.schema.get("weight_column") if c.data.source == "census" else None
+    ),
+    "schema": lambda c: c.data.tabular.schema if c.data.source not in ("synthetic", "census") else None,
+    "split": lambda c: c.data.tabular.split,
 }
 
 
@@ -306,28 +341,47 @@ def resolve_config(saved: ExperimentConfig | None, config_path: str) -> Experime
         return config_from_flags().validate()
     requested = config_from_flags(with_features=False)
     for flag, value_of in _FIXED_FLAGS.items():
-        if FLAGS[flag].present and value_of(requested) != value_of(saved):
+        old, new = value_of(saved), value_of(requested)
+        if not FLAGS[flag].present or model_dir_files.differences(old, new) == []:
+            continue
+        if not isinstance(old, (dict, list)) or not isinstance(new, (dict, list)):
             raise ConfigError(
-                f"--{flag}={_format(value_of(requested))} conflicts with {config_path} "
-                f"({flag}={_format(value_of(saved))}). Use a new --model_dir, or drop the flag."
+                f"--{flag}={_format(new)} conflicts with {config_path} ({flag}={_format(old)}). "
+                "Use a new --model_dir, or drop the flag."
             )
+        raise ConfigError(
+            f"--{flag} conflicts with {config_path}. Use a new --model_dir, or drop the flag. "
+            "What differs:\n  "
+            + "\n  ".join(model_dir_files.differences(old, new, flag))
+        )
     train_overrides = {
         field.name: getattr(requested.train, field.name)
         for field in _TRAIN_FIELDS
         if FLAGS[field.name].present
     }
     resolved = dataclasses.replace(saved, train=dataclasses.replace(saved.train, **train_overrides))
-    # Files may move between runs: explicit data paths and the bad-row policy replace the saved ones.
-    if saved.data.source != "synthetic" and any(
-        FLAGS[f].present for f in ("data_dir", "train_files", "eval_files", "skip_bad_rows")
-    ):
-        tabular_data = dataclasses.replace(
-            requested.data.tabular, schema=saved.data.tabular.schema, line_split=saved.data.tabular.line_split
-        )
+    if saved.data.source != "synthetic":
         resolved = dataclasses.replace(
-            resolved, data=dataclasses.replace(resolved.data, tabular=tabular_data)
+            resolved, data=dataclasses.replace(saved.data, tabular=_moved_files(saved.data))
         )
     return resolved.validate()
+
+
+def _moved_files(saved: DataConfig) -> TabularDataConfig:
+    """The saved table with the files and bad-row policy given by flags: files may move between runs, and
+    `evaluate --eval_files=...` (or `--test_files`) evaluates a trained model on other files."""
+    tabular_config = saved.tabular
+    if FLAGS["data_dir"].present and saved.source == "census":
+        located = census.data_config(FLAGS.data_dir, FLAGS.census_group)
+        tabular_config = dataclasses.replace(
+            tabular_config, train_files=located.train_files, eval_files=located.eval_files
+        )
+    moved = {
+        flag: _files(flag) for flag in ("train_files", "eval_files", "test_files") if FLAGS[flag].present
+    }
+    if FLAGS["skip_bad_rows"].present:
+        moved["skip_bad_rows"] = FLAGS.skip_bad_rows
+    return dataclasses.replace(tabular_config, **moved)
 
 
 def model_sources() -> list[serving_config.ModelSource]:

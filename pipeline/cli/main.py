@@ -64,13 +64,38 @@ def _estimator(require_saved: bool) -> Estimator:
 
 
 def _input_fn(estimator: Estimator, split: str) -> data.InputFn:
-    return data.input_fn(estimator.config.data, split, estimator.config.train)
+    return data.input_fn(estimator.config, split)
+
+
+def _split_files(estimator: Estimator, split: str) -> tuple[str, ...]:
+    """The files a held-out split is read from; an error when the data has no such split."""
+    data_config = estimator.config.data
+    if data_config.source == "synthetic":
+        return ()
+    files = data_config.tabular.files(split)
+    if not files:
+        raise ConfigError(
+            f"There is no {split} split: give --{split}_files, or --split=80/10/10 when training."
+        )
+    return files
+
+
+def _evaluate(estimator: Estimator, split: str) -> dict:
+    files = _split_files(estimator, split)
+    return estimator.evaluate(_input_fn(estimator, split), split, files)
 
 
 def _print_results(results: dict) -> None:
-    print(f"Evaluation at step {results['global_step']} on {results['examples']} examples:")
+    files = f" of {', '.join(results['files'])}" if results["files"] else ""
+    print(
+        f"Evaluation of the {results['split']} split{files} at step {results['global_step']} "
+        f"on {results['examples']} examples:"
+    )
     for task, metrics in results["tasks"].items():
-        values = "  ".join(f"{name} {value:.4f}" for name, value in metrics.items())
+        values = "  ".join(
+            f"{name} {value}" if isinstance(value, int) else f"{name} {value:.4f}"
+            for name, value in metrics.items()
+        )
         print(f"  {task:<12} {values}")
     print(f"  {'total loss':<12} {results['loss']:.4f}")
 
@@ -82,7 +107,7 @@ def train() -> None:
 
 def evaluate() -> None:
     estimator = _estimator(require_saved=True)
-    _print_results(estimator.evaluate(_input_fn(estimator, FLAGS.eval_split)))
+    _print_results(_evaluate(estimator, FLAGS.eval_split))
 
 
 def _export_base() -> str:
@@ -103,6 +128,7 @@ def train_and_evaluate() -> None:
         _input_fn(estimator, "eval"),
         max_steps=FLAGS.max_steps,
         eval_every_steps=FLAGS.eval_every_steps,
+        eval_files=_split_files(estimator, "eval"),
     )
     _print_results(results)
 
@@ -113,7 +139,9 @@ def data_stage() -> None:
     if config.data.source == "synthetic":
         raise ConfigError("mtl data inspects tables: use --data=census, csv or tfrecord.")
     table = data.table(config.data)
-    for split in ("train", "eval"):
+    for split in ("train", "eval", "test"):
+        if not config.data.tabular.files(split):
+            continue
         for line in tabular.summarize(table, split):
             print(line)
         if FLAGS.output:

@@ -1,7 +1,9 @@
 """Data sources: each gives the model's input features, its tasks and `tf.data` input functions.
 
-`synthetic` is the MMoE paper's generator; `census` the UCI Census-Income (KDD) files; `csv` and
-`tfrecord` any table described by a schema file (`pipeline.data.schema`).
+`synthetic` is the MMoE paper's generator; `census` the UCI Census-Income (KDD) files; every registered file
+format (`csv`, `tfrecord`, `parquet`: `pipeline.data.formats`) any table described by a schema file
+(`pipeline.data.schema`). Batches are `(inputs, labels, weights)`: the model's preprocessed inputs
+(`pipeline.features.Preprocessor`), each task's label, and each task's example weights.
 """
 
 from __future__ import annotations
@@ -12,16 +14,19 @@ from collections.abc import Callable
 
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
-from pipeline.config import DataConfig, FeatureConfig, TaskConfig, TrainConfig
-from pipeline.data import synthetic
+from pipeline.config import DataConfig, ExperimentConfig, FeatureConfig, TaskConfig, TrainConfig
+from pipeline.data import formats, in_memory, synthetic
 from pipeline.data.schema import schema_from_dict
 from pipeline.data.tabular import TabularData
 from pipeline.errors import UnknownNameError
+from pipeline.features import Preprocessor
 
-InputFn = Callable[[tf.distribute.InputContext], tf.data.Dataset]
+# (input context, batches already trained) -> batches of (inputs, labels, weights).
+InputFn = Callable[[tf.distribute.InputContext, int], tf.data.Dataset]
 
-SOURCES = ("synthetic", "census", "csv", "tfrecord")
+SOURCES = ("synthetic", "census", *formats.names())
 
 
 def _check_source(config: DataConfig) -> None:
@@ -33,19 +38,24 @@ _TABLES: dict[str, TabularData] = {}
 
 
 def table(config: DataConfig) -> TabularData:
-    """The table behind a census, csv or tfrecord source; one per config, so its files are checked once."""
+    """The table behind a census or file source; one per config and process, so it is read once."""
     key = json.dumps(dataclasses.asdict(config.tabular), sort_keys=True)
     if key not in _TABLES:
         _TABLES[key] = TabularData(config.tabular)
     return _TABLES[key]
 
 
-def features(config: DataConfig) -> tuple[FeatureConfig, ...]:
-    """The raw input features the model takes; for tables, with statistics from the training split."""
+def features(config: DataConfig, train: TrainConfig | None = None) -> tuple[FeatureConfig, ...]:
+    """The raw input features the model takes; for tables, with statistics from the training split.
+
+    For a table this is the statistics pass (`pipeline.data.statistics`), with its checks.
+    """
     _check_source(config)
     if config.source == "synthetic":
         return synthetic.features(config.synthetic)
-    return table(config).feature_configs()
+    data = table(config)
+    max_mb = (train or TrainConfig()).in_memory_max_mb
+    return data.feature_configs(in_memory=data.fits_in_memory("train", max_mb))
 
 
 def tasks(config: DataConfig) -> tuple[TaskConfig, ...]:
@@ -68,15 +78,16 @@ def default_task_labels(config: DataConfig) -> tuple[str, ...]:
 
 
 def examples(config: DataConfig, split: str, count: int) -> tuple[dict, dict]:
-    """The first `count` examples of `split` as numpy `(features, labels)`."""
+    """The first `count` examples of `split` as numpy raw `(features, labels)`; a missing label is NaN."""
     _check_source(config)
     if config.source == "synthetic":
         features_, labels = synthetic.generate(config.synthetic, split)
         return {k: v[:count] for k, v in features_.items()}, {k: v[:count] for k, v in labels.items()}
     data = table(config)
-    batch = next(iter(data.columns(split, count)))
-    features_, labels = data.features_and_labels(batch)
-    return {k: _numpy(v) for k, v in features_.items()}, {k: _numpy(v) for k, v in labels.items()}
+    columns = {name: tf.constant(values) for name, values in data.first_rows(split, count).items()}
+    features_, labels, weights = data.features_labels_weights(columns)
+    labels = {k: np.where(weights[k].numpy() > 0, v.numpy(), np.nan) for k, v in labels.items()}
+    return {k: _numpy(v) for k, v in features_.items()}, labels
 
 
 def _numpy(tensor: tf.Tensor) -> np.ndarray:
@@ -84,25 +95,36 @@ def _numpy(tensor: tf.Tensor) -> np.ndarray:
     return value.astype(object) if value.dtype.kind == "S" else value
 
 
-def input_fn(config: DataConfig, split: str, train: TrainConfig) -> InputFn:
+def input_fn(config: ExperimentConfig, split: str) -> InputFn:
     """An Estimator-style input function for `strategy.distribute_datasets_from_function`.
 
-    It yields `(features, labels)` dicts in batches of the per-replica share of `train.batch_size`.
+    It yields `(inputs, labels, weights)` in batches of the per-replica share of `train.batch_size`, where
+    `inputs` are the model's features already preprocessed. A table is held in memory when its files fit
+    `train.in_memory_max_mb`, and streamed otherwise.
     """
-    _check_source(config)
-
-    def make(input_context: tf.distribute.InputContext) -> tf.data.Dataset:
-        batch_size = input_context.get_per_replica_batch_size(train.batch_size)
-        if config.source == "synthetic":
-            return synthetic.make_dataset(
-                config.synthetic,
-                "eval" if split == "test" else split,
-                batch_size=batch_size,
-                shuffle_seed=train.seed,
-                input_context=input_context,
-            )
-        return table(config).make_dataset(
-            split, batch_size, train.seed, train.shuffle_buffer, input_context=input_context
+    data_config, train = config.data, config.train
+    _check_source(data_config)
+    preprocess = Preprocessor(config.model.features, name="preprocessing")
+    streamed = data_config.source != "synthetic" and not table(data_config).fits_in_memory(
+        split, train.in_memory_max_mb
+    )
+    if streamed:
+        logging.info(
+            "The %s split is larger than --in_memory_max_mb=%d: streaming it.", split, train.in_memory_max_mb
         )
+
+    def make(input_context: tf.distribute.InputContext, start_step: int = 0) -> tf.data.Dataset:
+        batch_size = input_context.get_per_replica_batch_size(train.batch_size)
+        if data_config.source == "synthetic":
+            encoded = synthetic.in_memory(data_config.synthetic, split, preprocess)
+            return in_memory.batches(
+                encoded, batch_size, train.seed, split == "train", input_context, start_step
+            )
+        data = table(data_config)
+        if streamed:
+            return data.streaming_dataset(
+                split, preprocess, batch_size, train.seed, train.shuffle_buffer, input_context, start_step
+            )
+        return data.in_memory_dataset(split, preprocess, batch_size, train.seed, input_context, start_step)
 
     return make

@@ -2,7 +2,9 @@
 
 Group 1: income above 50K and never married. Group 2: a college degree (associate or higher; "Some college
 but no degree" is not one) and never married. The group's label columns are not features, and neither is
-`instance_weight` (a sampling weight); in group 2 income is an ordinary input. Missing values are `?`,
+`instance_weight` (a sampling weight; with `instance_weights` it weights every task's loss and metrics, as the
+census' own documentation asks of estimates about the population); in group 2 income is an ordinary input.
+Missing values are `?`,
 which the vocabularies keep as a category.
 
 Splits: with `census-income.data.gz` (the UCI training file) in the data directory, the model trains on it and
@@ -91,7 +93,7 @@ TASKS = {
 }
 
 
-def schema(group: int) -> Schema:
+def schema(group: int, instance_weights: bool = False) -> Schema:
     if group not in GROUPS:
         raise ConfigError(f"`census_group` must be 1 or 2. Received: census_group={group}")
     tasks = TASKS[group]
@@ -105,14 +107,17 @@ def schema(group: int) -> Schema:
         columns=COLUMNS,
         csv=CsvFormat(header=False, delimiter=",", strip=True, na_values=("?",)),
         features=features,
-        drop=("instance_weight",),
+        drop=() if instance_weights else ("instance_weight",),
+        weight_column="instance_weight" if instance_weights else "",
         tasks=tasks,
     ).validate()
 
 
-def data_config(data_dir: str | Path, group: int, skip_bad_rows: bool = False) -> TabularDataConfig:
-    """The census files of `data_dir` with the group's schema and split."""
-    data_dir = Path(data_dir)
+def data_config(
+    data_dir: str | Path, group: int, skip_bad_rows: bool = False, instance_weights: bool = False
+) -> TabularDataConfig:
+    """The census files of `data_dir` with the group's schema and split; paths are absolute."""
+    data_dir = Path(data_dir).resolve()
     test = data_dir / TEST_FILE
     if not test.is_file():
         raise ConfigError(
@@ -123,8 +128,8 @@ def data_config(data_dir: str | Path, group: int, skip_bad_rows: bool = False) -
     return TabularDataConfig(
         format="csv",
         train_files=(str(train if full else test),),
-        eval_files=(str(test),),
-        schema=schema_to_dict(schema(group)),
-        line_split="halves" if full else "80/10/10",
+        eval_files=(str(test),) if full else (),
+        schema=schema_to_dict(schema(group, instance_weights)),
+        split="halves" if full else "80/10/10",
         skip_bad_rows=skip_bad_rows,
     )

@@ -6,20 +6,25 @@ A schema is a JSON file (the one format; see README "Your own data"):
       "columns": ["age", "education", "income"],           // CSV column order; omit when the CSV has a header
       "csv": {"header": false, "delimiter": ",", "strip": true, "na_values": ["?"]},
       "features": [
-        {"name": "age", "type": "numeric"},                 // normalised with training-data mean and variance
-        {"name": "education", "type": "categorical", "embedding_dim": 4},   // learned vocabulary + 1 OOV
+        {"name": "age", "type": "numeric", "missing_indicator": true},  // normalised; missing: the mean
+        {"name": "education", "type": "categorical", "embedding_dim": 4,    // learned vocabulary + 1 OOV
+         "min_count": 2, "max_tokens": 1000},
         {"name": "occupation", "type": "hashed", "hash_buckets": 64, "embedding_dim": 4}
       ],
-      "drop": ["instance_weight"],
+      "weight_column": "instance_weight",                   // optional: weights every task's loss and metrics
+      "drop": [],
       "tasks": [
         {"name": "high_income", "column": "income", "positive_values": ["50000+."],
-         "type": "binary", "loss": "log_loss", "weight": 1.0}
+         "type": "binary", "loss": "log_loss", "weight": 1.0, "weight_column": ""}
       ]
     }
 
-Every column is a feature, a task's label column or dropped, so nothing is used (or leaked) by accident. A
-binary task's label is 1 where the column's value is one of `positive_values`; a regression task's label is
-the column's number.
+Every column is a feature, a task's label column, a weight column or dropped, so nothing is used (or leaked)
+by accident. A binary task's label is 1 where the column's value is one of `positive_values`; a regression
+task's label is the column's number. A label cell that is empty or in `na_values` is missing: that row
+contributes nothing to that task's loss and metrics, and still trains the other tasks. A categorical value
+seen fewer than `min_count` times in training, or beyond the `max_tokens` most frequent, is out of
+vocabulary, so the OOV buckets are trained too.
 """
 
 from __future__ import annotations
@@ -53,6 +58,9 @@ class SchemaFeature:
     embedding_dim: int = 4
     hash_buckets: int = 0
     oov_buckets: int = 1
+    min_count: int = 1
+    max_tokens: int = 0
+    missing_indicator: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +71,7 @@ class SchemaTask:
     loss: str = ""
     weight: float = 1.0
     positive_values: tuple[str, ...] = ()
+    weight_column: str = ""
 
     def task_config(self) -> TaskConfig:
         """The model's view of this task; its label is the derived label, keyed by the task's name."""
@@ -82,20 +91,30 @@ class Schema:
     features: tuple[SchemaFeature, ...] = ()
     drop: tuple[str, ...] = ()
     tasks: tuple[SchemaTask, ...] = ()
+    weight_column: str = ""
 
     @property
     def label_columns(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys(task.column for task in self.tasks))
 
+    def task_weight_column(self, task: SchemaTask) -> str:
+        """The column weighting `task` ("" for none): its own, else the schema's."""
+        return task.weight_column or self.weight_column
+
+    @property
+    def weight_columns(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(c for c in map(self.task_weight_column, self.tasks) if c))
+
     @property
     def used_columns(self) -> tuple[str, ...]:
-        """Feature and label columns, in schema order."""
-        return tuple(dict.fromkeys([f.name for f in self.features] + list(self.label_columns)))
+        """Feature, label and weight columns, in schema order."""
+        names = [f.name for f in self.features] + list(self.label_columns) + list(self.weight_columns)
+        return tuple(dict.fromkeys(names))
 
     def numeric_columns(self) -> set[str]:
-        """Columns parsed as numbers: numeric features and regression labels."""
+        """Columns parsed as numbers: numeric features, regression labels and weights."""
         numeric = {f.name for f in self.features if f.type == "numeric"}
-        return numeric | {t.column for t in self.tasks if t.type == "regression"}
+        return numeric | {t.column for t in self.tasks if t.type == "regression"} | set(self.weight_columns)
 
     def with_columns(self, columns: tuple[str, ...]) -> Schema:
         return dataclasses.replace(self, columns=tuple(columns))
@@ -118,6 +137,17 @@ class Schema:
                 check_positive_int(f"{where}.hash_buckets", feature.hash_buckets)
             if feature.type == "categorical":
                 check_positive_int(f"{where}.oov_buckets", feature.oov_buckets)
+                check_positive_int(f"{where}.min_count", feature.min_count)
+                if not isinstance(feature.max_tokens, int) or feature.max_tokens < 0:
+                    raise invalid(
+                        f"{where}.max_tokens", feature.max_tokens, "must be an integer >= 0 (0: no limit)"
+                    )
+            if feature.missing_indicator and feature.type != "numeric":
+                raise invalid(
+                    f"{where}.missing_indicator",
+                    True,
+                    "is for numeric features (a missing category is a value)",
+                )
         for i, task in enumerate(self.tasks):
             where = f"schema.tasks[{i}]"
             check_choice(f"{where}.type", task.type, TASK_TYPES)
@@ -130,12 +160,16 @@ class Schema:
                 raise ConfigError(
                     f"Column {column!r} is a task's label column and a feature: it would leak the label."
                 )
+        for column in self.weight_columns:
+            if column in features or column in self.label_columns:
+                raise ConfigError(f"Weight column {column!r} is also a feature or a label column.")
         if self.columns:
             check_unique("schema.columns", list(self.columns))
             known = set(self.columns)
             for field, names in (
                 ("features", [f.name for f in self.features]),
                 ("tasks.column", list(self.label_columns)),
+                ("weight_column", list(self.weight_columns)),
                 ("drop", list(self.drop)),
             ):
                 missing = [n for n in names if n not in known]
@@ -186,6 +220,7 @@ def schema_from_dict(values: dict[str, Any]) -> Schema:
             for i, f in enumerate(values.get("features", ()))
         ),
         drop=tuple(values.get("drop", ())),
+        weight_column=values.get("weight_column", ""),
         tasks=tuple(
             _build(SchemaTask, t, f"schema.tasks[{i}]") for i, t in enumerate(values.get("tasks", ()))
         ),

@@ -13,19 +13,19 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Callable
 
 import numpy as np
 import tensorflow as tf
 
 from pipeline.config import FeatureConfig, SyntheticDataConfig
-from pipeline.errors import ConfigError
 
 FEATURE = "inputs"
 REGRESSION_LABELS = ("y1", "y2")
 LABELS = (*REGRESSION_LABELS, "y1_binary", "y2_binary")
 DEFAULT_TASKS = REGRESSION_LABELS
 _NOISE_STDDEV = 0.01
-_SPLIT_STREAMS = {"train": 1, "eval": 2}
+_SPLIT_STREAMS = {"train": 1, "eval": 2, "test": 3}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,7 +54,9 @@ def task_parameters(config: SyntheticDataConfig) -> TaskParameters:
 
 
 def generate(config: SyntheticDataConfig, split: str) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """All examples of `split` ("train" or "eval") as `({"inputs": x}, {"y1": y1, "y2": y2})`."""
+    """All examples of `split` ("train", "eval" or "test") as `({"inputs": x}, {"y1": y1, "y2": y2, ...})`.
+
+    The test split has as many examples as the eval split, drawn independently."""
     if split not in _SPLIT_STREAMS:
         raise ValueError(f"Unknown split {split!r}; expected one of {sorted(_SPLIT_STREAMS)}")
     params = task_parameters(config)
@@ -77,54 +79,16 @@ def features(config: SyntheticDataConfig) -> tuple[FeatureConfig, ...]:
 
 
 @functools.lru_cache(maxsize=2)
-def _in_memory(config: SyntheticDataConfig, split: str) -> tuple[dict[str, tf.Tensor], dict[str, tf.Tensor]]:
+def _generated(config: SyntheticDataConfig, split: str) -> tuple[dict[str, tf.Tensor], dict[str, tf.Tensor]]:
     """`generate` as immutable tensors, kept for the next call: `train_and_evaluate` asks for the same
     training data at every evaluation, and generating it costs about a second per 200,000 examples."""
     return tf.nest.map_structure(tf.constant, generate(config, split))
 
 
-def make_dataset(
-    config: SyntheticDataConfig,
-    split: str,
-    batch_size: int,
-    shuffle_seed: int,
-    input_context: tf.distribute.InputContext | None = None,
-) -> tf.data.Dataset:
-    """Batches of `split`; the train split is reshuffled fully every epoch and repeated forever.
-
-    The examples stay in memory and every batch is one `tf.gather` of a batch of indices: element-wise
-    `tf.data` ops (`from_tensor_slices` + `shuffle` + `batch`) cost more per example than training the model.
-    Training batches are whole batches of one epoch's permutation, sharded per input pipeline.
-    """
-    examples = _in_memory(config, split)
-    num_examples = int(examples[0][FEATURE].shape[0])
-    if split == "train":
-        batches_per_epoch = num_examples // batch_size
-        if batches_per_epoch == 0:
-            raise ConfigError(
-                f"--batch_size={batch_size} exceeds the {num_examples} training examples "
-                "(--synthetic_examples)."
-            )
-
-        def epoch_batches(epoch: tf.Tensor) -> tf.data.Dataset:
-            order = tf.random.experimental.stateless_shuffle(
-                tf.range(num_examples, dtype=tf.int64),
-                seed=tf.stack([tf.constant(shuffle_seed, tf.int64), epoch]),
-            )
-            return tf.data.Dataset.from_tensor_slices(
-                tf.reshape(order[: batches_per_epoch * batch_size], [batches_per_epoch, batch_size])
-            )
-
-        indices = tf.data.Dataset.counter().flat_map(epoch_batches)
-        if input_context is not None and input_context.num_input_pipelines > 1:
-            indices = indices.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
-    else:
-        indices = tf.data.Dataset.range(num_examples)
-        if input_context is not None and input_context.num_input_pipelines > 1:
-            indices = indices.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
-        indices = indices.batch(batch_size)
-    return indices.map(
-        lambda batch: tf.nest.map_structure(lambda column: tf.gather(column, batch), examples),
-        num_parallel_calls=tf.data.AUTOTUNE,
-        deterministic=True,
-    ).prefetch(tf.data.AUTOTUNE)
+def in_memory(
+    config: SyntheticDataConfig, split: str, preprocess: Callable[[dict], dict]
+) -> tuple[dict, dict, dict]:
+    """`(inputs, labels, weights)` of the whole split: preprocessed inputs, every label, unit weights."""
+    features_, labels = _generated(config, split)
+    weights = {name: tf.ones_like(label) for name, label in labels.items()}
+    return preprocess(features_), labels, weights

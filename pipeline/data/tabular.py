@@ -1,58 +1,49 @@
-"""Tables of raw columns from CSV (plain or gzip) or TFRecord `tf.train.Example` files, through `tf.data`.
+"""A table of raw columns in files (CSV, TFRecord, Parquet) described by a schema: splits, labels, batches.
 
-CSV files are first checked row by row in Python, so a bad row (wrong number of fields, a number that does not
-parse) stops training with its file and line, or with `skip_bad_rows` is counted and left out. The `tf.data`
-pipeline then reads files in parallel, decodes whole batches at once and yields `(features, labels)`: raw
-feature columns (preprocessing is inside the model) and the tasks' derived labels. Both formats go through
-the same column-to-example step, so the same rows give the same batches.
+A table whose files fit the memory budget is read once (a C++ reader per format), preprocessed once into
+integer and float tensors, and batched by permutation and gather. A larger one streams: files interleaved in
+parallel, records shuffled, then batched, decoded and preprocessed a whole batch at a time. Both give each
+batch as `(inputs, labels, weights)`: the model's preprocessed inputs, each task's label, and each task's
+example weights (the sample weight, 0 where the label is missing).
 """
 
 from __future__ import annotations
 
-import collections
-import csv
-import gzip
-import io
-import math
-from collections.abc import Iterator
+import os
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from pipeline.config import FeatureConfig, TabularDataConfig
+from pipeline.config import FeatureConfig, TabularDataConfig, split_proportions
+from pipeline.data import formats, in_memory
+from pipeline.data.formats import DataError, FileChunk
 from pipeline.data.schema import Schema, schema_from_dict
-from pipeline.errors import ConfigError, UserError
+from pipeline.data.statistics import Statistics
+from pipeline.errors import ConfigError
 
-_STATS_BATCH = 4096
+__all__ = ["DataError", "TabularData", "expand_patterns", "resolve_columns"]
+
+_PROGRESS_ROWS = 1_000_000
 
 
-class DataError(UserError):
-    """A data file that does not match its schema: a bad row, a missing column, no file at all."""
+def matches(pattern: str) -> bool:
+    return bool(tf.io.gfile.glob(pattern))
 
 
-def expand_patterns(flag: str, patterns: list[str] | tuple[str, ...]) -> tuple[str, ...]:
-    """The files matching comma-separated glob patterns, sorted; an error names a pattern matching none."""
+def expand_patterns(field: str, patterns: list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """The absolute paths of the files matching glob patterns, sorted; an error names a pattern matching
+    none."""
     files: list[str] = []
     for pattern in patterns:
         matched = sorted(tf.io.gfile.glob(pattern))
         if not matched:
-            raise DataError(f"--{flag}={pattern} matches no file.")
-        files.extend(matched)
+            raise DataError(f"`{field}` pattern {pattern!r} matches no file.")
+        files.extend(os.path.abspath(path) if "://" not in path else path for path in matched)
     return tuple(files)
-
-
-def _open_text(path: str) -> io.TextIOBase:
-    if path.endswith(".gz"):
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="")
-    return open(path, encoding="utf-8", newline="")  # noqa: SIM115  (closed by the caller's with)
-
-
-def read_header(path: str, schema: Schema) -> tuple[str, ...]:
-    with _open_text(path) as f:
-        row = next(csv.reader(f, delimiter=schema.csv.delimiter), [])
-    return tuple(field.strip() if schema.csv.strip else field for field in row)
 
 
 def resolve_columns(schema: Schema, files: tuple[str, ...], file_format: str) -> Schema:
@@ -60,262 +51,254 @@ def resolve_columns(schema: Schema, files: tuple[str, ...], file_format: str) ->
     if not schema.columns and file_format == "csv":
         if not schema.csv.header:
             raise ConfigError("schema.columns is required when schema.csv.header is false.")
-        schema = schema.with_columns(read_header(files[0], schema))
+        with tf.io.gfile.GFile(files[0], "rb") as raw:
+            first = raw.readline() if not files[0].endswith(".gz") else _first_gzip_line(files[0])
+        header = first.decode("utf-8").rstrip("\r\n").split(schema.csv.delimiter)
+        schema = schema.with_columns(tuple(h.strip() if schema.csv.strip else h for h in header))
+    elif not schema.columns:
+        schema = schema.with_columns(schema.used_columns + tuple(schema.drop))
     return schema.validate()
 
 
-def check_csv_files(schema: Schema, files: tuple[str, ...], skip_bad_rows: bool) -> dict[str, list[int]]:
-    """The bad line numbers of every file (1-based); without `skip_bad_rows` the first one is an error."""
-    numeric = [schema.columns.index(c) for c in schema.numeric_columns()]
-    bad: dict[str, list[int]] = {}
-    for path in files:
-        with _open_text(path) as f:
-            reader = csv.reader(f, delimiter=schema.csv.delimiter)
-            if schema.csv.header:
-                header = tuple(h.strip() if schema.csv.strip else h for h in next(reader, []))
-                if header != schema.columns:
-                    raise DataError(f"{path}:1: header {list(header)} differs from the schema's columns.")
-            for row in reader:
-                problem = _row_problem(row, schema, numeric)
-                if problem is None:
-                    continue
-                line = reader.line_num
-                if not skip_bad_rows:
-                    raise DataError(
-                        f"{path}:{line}: {problem}. Fix the row, or pass --skip_bad_rows to skip such rows."
-                    )
-                bad.setdefault(path, []).append(line)
-    total = sum(len(lines) for lines in bad.values())
-    if total:
-        logging.warning("Skipping %d bad rows: %s", total, {p: lines[:5] for p, lines in bad.items()})
-    return bad
+def _first_gzip_line(path: str) -> bytes:
+    import gzip
 
-
-def _row_problem(row: list[str], schema: Schema, numeric: list[int]) -> str | None:
-    if len(row) != len(schema.columns):
-        return f"expected {len(schema.columns)} fields, found {len(row)}"
-    for index in numeric:
-        value = row[index].strip() if schema.csv.strip else row[index]
-        if value in schema.csv.na_values:
-            continue
-        try:
-            float(value)
-        except ValueError:
-            return f"column {schema.columns[index]!r} holds {value!r}, not a number"
-    return None
-
-
-def _line_filter(line_split: str, split: str):
-    """Keeps the lines of `split` given 1-based line numbers, or None to keep every line."""
-    if line_split == "80/10/10":
-        wanted = {"train": (0, 8), "eval": (8, 9), "test": (9, 10)}[split]
-        return lambda n: tf.logical_and((n - 1) % 10 >= wanted[0], (n - 1) % 10 < wanted[1])
-    if line_split == "halves" and split != "train":
-        return lambda n: tf.equal(n % 2, 1 if split == "eval" else 0)
-    return None
+    with gzip.open(path, "rb") as f:
+        return f.readline()
 
 
 class TabularData:
-    """A table's `tf.data` pipelines and training statistics.
+    """A table's splits, statistics and `tf.data` pipelines.
 
     Args:
-        config: files, format, resolved schema, line split and bad-row policy.
+        config: files, format, resolved schema, split and bad-row policy.
     """
 
     def __init__(self, config: TabularDataConfig) -> None:
         self.config = config
         self.schema = schema_from_dict(config.schema).validate()
-        self._bad_rows: dict[str, dict[str, list[int]]] = {}
+        self.format = formats.get(config.format)
+        self._proportions = split_proportions(config.split)
+        self._chunks: dict[tuple[str, ...], list[tuple[str, FileChunk]]] = {}
+        self._columns: dict[str, dict[str, np.ndarray]] = {}
+        self._bad_rows: dict[tuple[str, ...], dict[str, list[int]]] = {}
+        self._encoded: dict[tuple[str, tuple[FeatureConfig, ...]], tuple] = {}
 
     def files(self, split: str) -> tuple[str, ...]:
-        return self.config.train_files if split == "train" else self.config.eval_files
+        files = self.config.files(split)
+        if not files:
+            raise ConfigError(
+                f"There is no {split} split: give its files (`{split}_files`) or a split of train_files."
+            )
+        return files
+
+    # -- which rows belong to a split -----------------------------------------------------------------
+
+    def _keep(self, split: str, positions: np.ndarray | tf.Tensor) -> np.ndarray | tf.Tensor:
+        """Whether the rows at these 0-based positions of their file belong to `split`."""
+        if not self.config.carved(split):
+            return positions >= 0
+        if self._proportions is not None:
+            train, eval_, test = self._proportions
+            low, high = {"train": (0, train), "eval": (train, train + eval_), "test": (train + eval_, None)}[
+                split
+            ]
+            slot = positions % (train + eval_ + test)
+            return (slot >= low) & (slot < high) if high is not None else slot >= low
+        return positions % 2 == (0 if split == "eval" else 1)  # "halves": odd rows eval, even rows test
+
+    # -- reading into memory ----------------------------------------------------------------------------
+
+    def _file_chunks(self, files: tuple[str, ...]) -> Iterator[tuple[str, FileChunk]]:
+        """Every chunk of `files` with bad rows raised, or counted and left out (`skip_bad_rows`)."""
+        if files in self._chunks:
+            yield from self._chunks[files]
+            return
+        bad: dict[str, list[int]] = {}
+        rows, started = 0, time.perf_counter()
+        for path in files:
+            for chunk in self.format.read(path, self.schema):
+                if chunk.bad_rows:
+                    line, problem = chunk.bad_rows[0]
+                    if not self.config.skip_bad_rows:
+                        raise DataError(
+                            f"{path}:{line}: {problem}. "
+                            "Fix the row, or pass --skip_bad_rows to skip such rows."
+                        )
+                    bad.setdefault(path, []).extend(line for line, _ in chunk.bad_rows)
+                before, rows = rows, rows + len(chunk.positions)
+                if rows // _PROGRESS_ROWS > before // _PROGRESS_ROWS:
+                    logging.info(
+                        "Read %d rows of %s in %.0fs", rows, ", ".join(files), time.perf_counter() - started
+                    )
+                yield path, chunk
+        self._bad_rows[files] = bad
+        total = sum(map(len, bad.values()))
+        if total:
+            logging.warning("Skipped %d bad rows: %s", total, {p: lines[:5] for p, lines in bad.items()})
+
+    def _split_chunks(self, split: str) -> Iterator[dict[str, np.ndarray]]:
+        for _, chunk in self._file_chunks(self.files(split)):
+            keep = self._keep(split, chunk.positions)
+            yield {name: values[keep] for name, values in chunk.columns.items()}
+
+    def read(self, split: str) -> dict[str, np.ndarray]:
+        """The split's rows as typed numpy columns, read once and kept."""
+        if split not in self._columns:
+            started = time.perf_counter()
+            files = self.files(split)
+            chunks = list(self._file_chunks(files))
+            self._chunks[files] = chunks  # the other splits of the same files are read from memory
+            parts = list(self._split_chunks(split))
+            self._columns[split] = {
+                name: np.concatenate([part[name] for part in parts]) for name in self.schema.used_columns
+            }
+            rows = len(self._columns[split][self.schema.used_columns[0]])
+            logging.info("Read %d %s rows in %.1fs", rows, split, time.perf_counter() - started)
+        return self._columns[split]
 
     def bad_rows(self, split: str) -> dict[str, list[int]]:
+        """The split's files' bad rows (file -> lines) left out under `skip_bad_rows`; read if needed."""
         files = self.files(split)
-        if self.config.format != "csv":
-            return {}
         if files not in self._bad_rows:
-            self._bad_rows[files] = check_csv_files(self.schema, files, self.config.skip_bad_rows)
+            for _ in self._file_chunks(files):
+                pass
         return self._bad_rows[files]
 
-    # -- raw columns ------------------------------------------------------------------------------
+    def fits_in_memory(self, split: str, max_mb: int) -> bool:
+        """Whether `split`'s files, at their format's decoded size, fit `max_mb` mebibytes."""
+        size = sum(tf.io.gfile.stat(path).length for path in self.files(split)) * self.format.expansion
+        return size <= max_mb * 2**20
 
-    def _csv_lines(self, split: str, input_context: tf.distribute.InputContext | None) -> tf.data.Dataset:
+    def first_rows(self, split: str, count: int) -> dict[str, np.ndarray]:
+        """The first `count` rows of `split`, reading no further than needed."""
+        parts, rows = [], 0
+        for part in self._split_chunks(split):
+            parts.append(part)
+            rows += len(part[self.schema.used_columns[0]])
+            if rows >= count:
+                break
+        return {name: np.concatenate([p[name] for p in parts])[:count] for name in self.schema.used_columns}
+
+    # -- statistics -------------------------------------------------------------------------------------
+
+    def statistics(self, split: str = "train", in_memory: bool = True) -> Statistics:
+        """One pass over `split`: from memory when it is held there, else chunk by chunk."""
+        stats = Statistics(self.schema)
+        for part in [self.read(split)] if in_memory else self._split_chunks(split):
+            stats.add(part)
+        return stats
+
+    def feature_configs(self, in_memory: bool = True) -> tuple[FeatureConfig, ...]:
+        """Model inputs with vocabularies and statistics of the train split, after the checks that stop a
+        silent mistake."""
+        stats = self.statistics("train", in_memory)
+        stats.check(self.files("train"))
+        logging.info("Computed vocabularies and statistics from %d training rows", stats.rows)
+        return stats.feature_configs()
+
+    # -- labels and weights -----------------------------------------------------------------------------
+
+    def features_labels_weights(self, columns: dict[str, tf.Tensor]) -> tuple[dict, dict, dict]:
+        """Raw feature columns; each task's label (0 where missing) and weight (0 where it is missing)."""
+        features = {feature.name: columns[feature.name] for feature in self.schema.features}
+        na_values = tf.constant(list(self.schema.csv.na_values) or [""])
+        labels, weights = {}, {}
+        for task in self.schema.tasks:
+            value = columns[task.column]
+            if task.type == "binary":
+                missing = tf.reduce_any(tf.equal(value[:, None], na_values[None, :]), axis=1)
+                positive = tf.constant(list(task.positive_values))
+                label = tf.cast(
+                    tf.reduce_any(tf.equal(value[:, None], positive[None, :]), axis=1), tf.float32
+                )
+            else:
+                missing = tf.math.is_nan(value)
+                label = tf.where(missing, 0.0, value)
+            weight_column = self.schema.task_weight_column(task)
+            weight = columns[weight_column] if weight_column else tf.ones_like(label)
+            labels[task.name] = label
+            weights[task.name] = tf.where(missing, 0.0, weight)
+        return features, labels, weights
+
+    # -- batches ----------------------------------------------------------------------------------------
+
+    def in_memory_dataset(
+        self,
+        split: str,
+        preprocess: Callable[[dict], dict],
+        batch_size: int,
+        seed: int,
+        input_context: tf.distribute.InputContext | None,
+        start_step: int,
+    ) -> tf.data.Dataset:
+        """Batches gathered from the split, read and preprocessed once (kept for later calls)."""
+        key = (split, getattr(preprocess, "features", ()))
+        if key not in self._encoded:
+            columns = {name: tf.constant(values) for name, values in self.read(split).items()}
+            features, labels, weights = self.features_labels_weights(columns)
+            self._encoded[key] = (preprocess(features), labels, weights)
+        return in_memory.batches(
+            self._encoded[key], batch_size, seed, split == "train", input_context, start_step
+        )
+
+    def streaming_dataset(
+        self,
+        split: str,
+        preprocess: Callable[[dict], dict],
+        batch_size: int,
+        seed: int,
+        shuffle_buffer: int,
+        input_context: tf.distribute.InputContext | None,
+        start_step: int,
+    ) -> tf.data.Dataset:
+        """Batches streamed from the files; a resumed run skips trained rows before decoding them."""
         files = self.files(split)
-        bad = self.bad_rows(split)
+        bad = self.bad_rows(split) if self.config.format == "csv" else {}
         keys = [f"{path}:{line}" for path, lines in bad.items() for line in lines]
+        first_line = 2 if self.schema.csv.header else 1
         bad_table = None
         if keys:
             bad_table = tf.lookup.StaticHashTable(
                 tf.lookup.KeyValueTensorInitializer(keys, tf.ones(len(keys), tf.int64)), default_value=0
             )
-        keep_line = _line_filter(self.config.line_split, split)
-        skip = 1 if self.schema.csv.header else 0
 
-        def lines_of(path: tf.Tensor) -> tf.data.Dataset:
-            compression = tf.where(tf.strings.regex_full_match(path, r".*\.gz"), "GZIP", "")
-            lines = tf.data.TextLineDataset(path, compression_type=compression).enumerate(start=1).skip(skip)
+        def records_of(path: tf.Tensor) -> tf.data.Dataset:
+            records = self.format.records(path, self.schema).filter(lambda n, _: self._keep(split, n))
             if bad_table is not None:
-                lines = lines.filter(
-                    lambda n, line: tf.equal(bad_table.lookup(path + ":" + tf.strings.as_string(n)), 0)
-                )
-            if keep_line is not None:
-                lines = lines.filter(lambda n, line: keep_line(n))
-            return lines.map(lambda n, line: line)
-
-        paths = tf.data.Dataset.from_tensor_slices(list(files))
-        shard_files = input_context is not None and len(files) >= input_context.num_input_pipelines > 1
-        if shard_files:
-            paths = paths.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
-        lines = paths.interleave(
-            lines_of, cycle_length=min(len(files), 4), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
-        )
-        if input_context is not None and input_context.num_input_pipelines > 1 and not shard_files:
-            lines = lines.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
-        return lines
-
-    def _decode_csv(self, lines: tf.Tensor) -> dict[str, tf.Tensor]:
-        columns = self.schema.columns
-        fields = tf.io.decode_csv(
-            lines, record_defaults=[[""]] * len(columns), field_delim=self.schema.csv.delimiter
-        )
-        return self._typed_columns(dict(zip(columns, fields, strict=True)))
-
-    def _typed_columns(self, raw: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-        """The used columns: strings stripped, numbers parsed (missing values become 0)."""
-        numeric = self.schema.numeric_columns()
-        typed = {}
-        for name in self.schema.used_columns:
-            value = raw[name]
-            if value.dtype == tf.string:
-                if self.schema.csv.strip:
-                    value = tf.strings.strip(value)
-                if name in numeric:
-                    missing = tf.reduce_any(
-                        tf.equal(
-                            value[:, None], tf.constant(list(self.schema.csv.na_values) or [""])[None, :]
-                        ),
-                        axis=1,
+                records = records.filter(
+                    lambda n, _: tf.equal(
+                        bad_table.lookup(path + ":" + tf.strings.as_string(n + first_line)), 0
                     )
-                    value = tf.strings.to_number(tf.where(missing, "0", value), tf.float32)
-            typed[name] = value
-        return typed
+                )
+            return records.map(lambda _, record: record)
 
-    def _tfrecord_columns(self, serialized: tf.Tensor) -> dict[str, tf.Tensor]:
-        numeric = self.schema.numeric_columns()
-        spec = {
-            name: tf.io.FixedLenFeature([], tf.float32 if name in numeric else tf.string)
-            for name in self.schema.used_columns
-        }
-        return tf.io.parse_example(serialized, spec)
-
-    def _records(self, split: str, input_context: tf.distribute.InputContext | None) -> tf.data.Dataset:
-        if self.config.format == "csv":
-            return self._csv_lines(split, input_context)
-        files = tf.data.Dataset.from_tensor_slices(list(self.files(split)))
-        if input_context is not None and input_context.num_input_pipelines > 1:
-            files = files.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
-        return files.interleave(
-            lambda path: tf.data.TFRecordDataset(
-                path, compression_type=tf.where(tf.strings.regex_full_match(path, r".*\.gz"), "GZIP", "")
-            ),
-            cycle_length=4,
+        pipelines = input_context.num_input_pipelines if input_context is not None else 1
+        paths = tf.data.Dataset.from_tensor_slices(list(files))
+        shard_files = len(files) >= pipelines > 1
+        if shard_files:
+            paths = paths.shard(pipelines, input_context.input_pipeline_id)
+        records = paths.interleave(
+            records_of,
+            cycle_length=min(len(files), 4),
             num_parallel_calls=tf.data.AUTOTUNE,
             deterministic=True,
         )
+        if pipelines > 1 and not shard_files:
+            records = records.shard(pipelines, input_context.input_pipeline_id)
+        train = split == "train"
+        if train:
+            records = records.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True).repeat()
+            records = records.skip(start_step * batch_size)
+        records = records.batch(batch_size, drop_remainder=train)
 
-    def columns(self, split: str, batch_size: int) -> tf.data.Dataset:
-        """One pass over `split` as batches of typed raw columns (no shuffling)."""
-        records = self._records(split, None).batch(batch_size)
-        decode = self._decode_csv if self.config.format == "csv" else self._tfrecord_columns
-        return records.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
+        def decode(batch: tf.Tensor) -> tuple[dict, dict, dict]:
+            features, labels, weights = self.features_labels_weights(self.format.decode(batch, self.schema))
+            return preprocess(features), labels, weights
 
-    # -- examples ---------------------------------------------------------------------------------
+        return records.map(decode, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
-    def features_and_labels(self, columns: dict[str, tf.Tensor]) -> tuple[dict, dict]:
-        """Raw feature columns, and each task's label derived from its column."""
-        features = {feature.name: columns[feature.name] for feature in self.schema.features}
-        labels = {}
-        for task in self.schema.tasks:
-            value = columns[task.column]
-            if task.type == "binary":
-                positive = tf.constant(list(task.positive_values))
-                value = tf.cast(
-                    tf.reduce_any(tf.equal(value[:, None], positive[None, :]), axis=1), tf.float32
-                )
-            labels[task.name] = value
-        return features, labels
-
-    def make_dataset(
-        self,
-        split: str,
-        batch_size: int,
-        shuffle_seed: int,
-        shuffle_buffer: int,
-        input_context: tf.distribute.InputContext | None = None,
-    ) -> tf.data.Dataset:
-        """Batches of `(features, labels)`; the train split is shuffled and repeated forever."""
-        records = self._records(split, input_context)
-        if split == "train":
-            records = records.shuffle(
-                shuffle_buffer, seed=shuffle_seed, reshuffle_each_iteration=True
-            ).repeat()
-        records = records.batch(batch_size, drop_remainder=split == "train")
-        decode = self._decode_csv if self.config.format == "csv" else self._tfrecord_columns
-        return records.map(
-            lambda batch: self.features_and_labels(decode(batch)), num_parallel_calls=tf.data.AUTOTUNE
-        ).prefetch(tf.data.AUTOTUNE)
-
-    # -- statistics -------------------------------------------------------------------------------
-
-    def feature_configs(self) -> tuple[FeatureConfig, ...]:
-        """Model inputs with vocabularies and normalisation statistics computed from the train split only."""
-        sums = collections.defaultdict(float)
-        squares = collections.defaultdict(float)
-        counts: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
-        rows = 0
-        for batch in self.columns("train", _STATS_BATCH):
-            rows += int(next(iter(batch.values())).shape[0])
-            for feature in self.schema.features:
-                values = batch[feature.name].numpy()
-                if feature.type == "numeric":
-                    values = values.astype(np.float64)
-                    sums[feature.name] += float(values.sum())
-                    squares[feature.name] += float((values**2).sum())
-                elif feature.type == "categorical":
-                    counts[feature.name].update(values.tolist())
-        if rows == 0:
-            raise DataError(f"The train split of {', '.join(self.config.train_files)} holds no rows.")
-        logging.info("Computed vocabularies and statistics from %d training rows", rows)
-        configs = []
-        for feature in self.schema.features:
-            if feature.type == "numeric":
-                mean = sums[feature.name] / rows
-                variance = max(squares[feature.name] / rows - mean**2, 0.0)
-                configs.append(FeatureConfig(feature.name, "numeric", mean=mean, variance=variance))
-            elif feature.type == "categorical":
-                ranked = sorted(counts[feature.name].items(), key=lambda kv: (-kv[1], kv[0]))
-                configs.append(
-                    FeatureConfig(
-                        feature.name,
-                        "categorical",
-                        vocabulary=tuple(value.decode("utf-8") for value, _ in ranked),
-                        oov_buckets=feature.oov_buckets,
-                        embedding_dim=feature.embedding_dim,
-                    )
-                )
-            else:
-                configs.append(
-                    FeatureConfig(
-                        feature.name,
-                        "hashed",
-                        hash_buckets=feature.hash_buckets,
-                        embedding_dim=feature.embedding_dim,
-                    )
-                )
-        return tuple(configs)
-
-    # -- conversion -------------------------------------------------------------------------------
+    # -- conversion -------------------------------------------------------------------------------------
 
     def write_tfrecords(self, split: str, output_dir: str | Path, shards: int) -> list[Path]:
         """Writes `split`'s rows (used columns, typed) as `tf.train.Example` shards, dealt round robin."""
@@ -326,10 +309,9 @@ class TabularData:
         writers = [tf.io.TFRecordWriter(str(p), options) for p in paths]
         row = 0
         try:
-            for batch in self.columns(split, _STATS_BATCH):
-                arrays = {name: value.numpy() for name, value in batch.items()}
-                for index in range(len(next(iter(arrays.values())))):
-                    writers[row % shards].write(_example(arrays, index).SerializeToString())
+            for columns in self._split_chunks(split):
+                for index in range(len(columns[self.schema.used_columns[0]])):
+                    writers[row % shards].write(_example(columns, index).SerializeToString())
                     row += 1
         finally:
             for writer in writers:
@@ -338,38 +320,20 @@ class TabularData:
         return paths
 
 
-def _example(arrays: dict[str, np.ndarray], index: int) -> tf.train.Example:
+def _example(columns: dict[str, np.ndarray], index: int) -> tf.train.Example:
     feature = {}
-    for name, values in arrays.items():
+    for name, values in columns.items():
         value = values[index]
-        if isinstance(value, bytes):
-            feature[name] = tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+        if isinstance(value, str):
+            feature[name] = tf.train.Feature(bytes_list=tf.train.BytesList(value=[value.encode("utf-8")]))
         else:
             feature[name] = tf.train.Feature(float_list=tf.train.FloatList(value=[float(value)]))
     return tf.train.Example(features=tf.train.Features(feature=feature))
 
 
 def summarize(data: TabularData, split: str) -> Iterator[str]:
-    """Lines describing `split`: rows, bad rows skipped, and each used column."""
-    bad = data.bad_rows(split)
-    rows = 0
-    numeric: dict[str, list[float]] = collections.defaultdict(lambda: [math.inf, -math.inf, 0.0])
-    distinct: dict[str, set] = collections.defaultdict(set)
-    for batch in data.columns(split, _STATS_BATCH):
-        rows += int(next(iter(batch.values())).shape[0])
-        for name, value in batch.items():
-            values = value.numpy()
-            if value.dtype == tf.string:
-                distinct[name].update(values.tolist())
-            else:
-                low, high, total = numeric[name]
-                numeric[name] = [min(low, values.min()), max(high, values.max()), total + float(values.sum())]
-    skipped = sum(map(len, bad.values()))
-    yield f"{split}: {rows} rows from {len(data.files(split))} file(s), {skipped} bad rows skipped"
-    for name in data.schema.used_columns:
-        if name in numeric:
-            low, high, total = numeric[name]
-            yield f"  {name:<20} number  min {low:g}  max {high:g}  mean {total / max(rows, 1):g}"
-        else:
-            examples = ", ".join(sorted(v.decode("utf-8") for v in distinct[name])[:4])
-            yield f"  {name:<20} string  {len(distinct[name])} distinct: {examples}, ..."
+    """Lines describing `split`: rows, bad rows left out, each used column and each task."""
+    stats = data.statistics(split, in_memory=False)
+    skipped = sum(map(len, data.bad_rows(split).values()))
+    yield f"{split}: {stats.rows} rows from {len(data.files(split))} file(s), {skipped} bad rows skipped"
+    yield from stats.summary()

@@ -8,7 +8,7 @@ import keras
 import numpy as np
 
 from pipeline.config import ExperimentConfig, ModelConfig
-from pipeline.features import FeatureEncoder
+from pipeline.features import FeatureEncoder, Preprocessor
 from pipeline.heads import build_heads
 from pipeline.layers import Tower
 from pipeline.models import registry
@@ -18,8 +18,9 @@ from pipeline.models import registry
 class MultiTaskModel(keras.Model):
     """A bottom chosen by `config.architecture`, then a `Tower` and a `Head` per task.
 
-    `call` returns `{task: predictions [batch]}` (after the output activation): what is exported and served.
-    `task_logits` returns the towers' logits, which training uses for numerically stable losses.
+    `call` takes raw features and returns `{task: predictions [batch]}` (after the output activation): what
+    is exported and served. `task_logits` takes the `Preprocessor`'s output, which the training data already
+    holds, and returns the towers' logits, which training uses for numerically stable losses.
 
     Args:
         config: a validated `ModelConfig`.
@@ -28,6 +29,7 @@ class MultiTaskModel(keras.Model):
     def __init__(self, config: ModelConfig, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.config = config
+        self.preprocessor = Preprocessor(config.features, name="preprocessing")
         self.encoder = FeatureEncoder(config.features, name="features")
         self.bottom = registry.get(config.architecture)(config)
         self.towers = [
@@ -41,8 +43,9 @@ class MultiTaskModel(keras.Model):
         ]
         self.heads = build_heads(config.tasks)
 
-    def task_logits(self, features: dict[str, Any], training: bool | None = None) -> dict[str, Any]:
-        shared = self.bottom(self.encoder(features), training=training)
+    def task_logits(self, inputs: dict[str, Any], training: bool | None = None) -> dict[str, Any]:
+        """Logits per task from preprocessed inputs (`Preprocessor`'s output)."""
+        shared = self.bottom(self.encoder(inputs), training=training)
         per_task = shared if isinstance(shared, list) else [shared]
         if len(per_task) == 1:
             per_task = per_task * len(self.towers)
@@ -52,7 +55,7 @@ class MultiTaskModel(keras.Model):
         }
 
     def call(self, features: dict[str, Any], training: bool | None = None) -> dict[str, Any]:
-        logits = self.task_logits(features, training=training)
+        logits = self.task_logits(self.preprocessor(features), training=training)
         return {head.name: head.predictions(logits[head.name]) for head in self.heads}
 
     def build_variables(self) -> None:

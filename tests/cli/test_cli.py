@@ -18,7 +18,7 @@ def test_train_resume_evaluate_export(trained_dir, tmp_path):
 
     evaluated = mtl("evaluate", f"--model_dir={trained_dir}")
     assert evaluated.returncode == 0, evaluated.stderr
-    assert "Evaluation at step 80 on 512 examples:" in evaluated.stdout
+    assert "Evaluation of the eval split at step 80 on 512 examples:" in evaluated.stdout
     results = json.loads((trained_dir / "eval_results.json").read_text())
     assert results["global_step"] == 80 and sorted(results["tasks"]) == ["y1", "y2"]
     assert f"y1           loss {results['tasks']['y1']['loss']:.4f}" in evaluated.stdout

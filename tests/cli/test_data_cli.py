@@ -124,7 +124,8 @@ def test_mtl_data_inspects_and_converts_to_tfrecord(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert "train: 3 rows from 1 file(s), 0 bad rows skipped" in result.stdout
-    assert "job                  string  2 distinct: cook, pilot, ..." in result.stdout
+    assert "job                  string  0 missing    2 distinct, most frequent: cook, pilot" in result.stdout
+    assert "task rich" in result.stdout and "3 labelled (100.0%), positive rate 0.6667" in result.stdout
     assert sorted(p.name for p in (tmp_path / "records").iterdir()) == [
         "eval-00000-of-00002.tfrecord.gz", "eval-00001-of-00002.tfrecord.gz",
         "train-00000-of-00002.tfrecord.gz", "train-00001-of-00002.tfrecord.gz",

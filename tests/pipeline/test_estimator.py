@@ -13,7 +13,7 @@ from tests.conftest import small_experiment
 
 
 def _input_fns(config):
-    return data.input_fn(config.data, "train", config.train), data.input_fn(config.data, "eval", config.train)
+    return data.input_fn(config, "train"), data.input_fn(config, "eval")
 
 
 def _weights(estimator):
@@ -86,7 +86,8 @@ def test_model_dir_records_config_checkpoints_events_and_results(tmp_path):
     assert results["global_step"] == 100 and results["examples"] == 1024
     saved = json.loads((tmp_path / "eval_results.json").read_text())
     assert saved == results
-    assert sorted(saved["tasks"]["y1"]) == ["loss", "mae", "rmse"]
+    assert sorted(saved["tasks"]["y1"]) == ["examples", "loss", "mae", "rmse"]
+    assert saved["tasks"]["y1"]["examples"] == 1024 and saved["split"] == "eval"
     assert (tmp_path / "config.json").read_text() == config.to_json()
     indexes = sorted(p.name for p in tmp_path.glob("ckpt-*.index"))
     assert indexes == ["ckpt-100.index", "ckpt-75.index"]  # keep_checkpoint_max=2
@@ -138,4 +139,4 @@ def test_binary_task_auc_is_computed_on_that_tasks_own_labels(tmp_path):
     expected = _exact_auc(labels["y1_binary"], scores)
     assert results["tasks"]["y1_binary"]["auc"] == pytest.approx(expected, abs=2e-3)
     assert expected > 0.8
-    assert sorted(results["tasks"]["y1_binary"]) == ["auc", "log_loss", "loss"]
+    assert sorted(results["tasks"]["y1_binary"]) == ["auc", "examples", "log_loss", "loss"]

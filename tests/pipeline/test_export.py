@@ -13,7 +13,7 @@ from tests.conftest import small_experiment
 def trained(tmp_path_factory):
     config = small_experiment("mmoe")
     estimator = Estimator(config, tmp_path_factory.mktemp("model_dir"))
-    estimator.train(data.input_fn(config.data, "train", config.train), max_steps=50)
+    estimator.train(data.input_fn(config, "train"), max_steps=50)
     return estimator
 
 

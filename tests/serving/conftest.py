@@ -21,7 +21,7 @@ def train_and_export(model_dir: Path, export_base: Path, steps: int, tasks=None)
     if tasks is not None:
         config = dataclasses.replace(config, model=dataclasses.replace(config.model, tasks=tasks))
     estimator = Estimator(config, model_dir)
-    estimator.train(data.input_fn(config.data, "train", config.train), max_steps=steps)
+    estimator.train(data.input_fn(config, "train"), max_steps=steps)
     return estimator.export(export_base)
 
 

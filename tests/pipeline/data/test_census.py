@@ -4,6 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from pipeline.config import DataConfig
 from pipeline.data import census, table
@@ -19,7 +20,7 @@ def group1():
 
 
 def _count(data, split):
-    return sum(int(b["age"].shape[0]) for b in data.columns(split, 8192))
+    return len(data.read(split)["age"])
 
 
 def test_the_documented_split_of_the_test_file(group1):
@@ -33,8 +34,9 @@ def test_group_one_labels_and_inputs(group1):
     assert [t.name for t in schema.tasks] == ["income", "marital"]
     inputs = {f.name for f in schema.features}
     assert {"income_50k", "marital_stat", "instance_weight"}.isdisjoint(inputs) and len(inputs) == 39
-    batch = next(iter(group1.columns("eval", 10_000)))
-    _, labels = group1.features_and_labels(batch)
+    columns = {name: tf.constant(values) for name, values in group1.read("eval").items()}
+    _, labels, weights = group1.features_labels_weights(columns)
+    assert all(float(tf.reduce_min(w)) == 1.0 for w in weights.values())  # no label is missing
     rate = {name: float(np.mean(value)) for name, value in labels.items()}
     assert 0.04 < rate["income"] < 0.09 and 0.40 < rate["marital"] < 0.47  # 6.2% and 43.3% overall
 
@@ -59,4 +61,17 @@ def test_with_the_uci_training_file_the_test_file_is_halved(tmp_path):
     config = census.data_config(tmp_path, group=1)
     assert config.train_files == (str(tmp_path / census.TRAIN_FILE),)
     assert config.eval_files == (str(tmp_path / census.TEST_FILE),)
-    assert config.line_split == "halves"
+    assert config.split == "halves"
+    assert config.files("test") == config.eval_files and config.carved("eval") and config.carved("test")
+
+
+def test_instance_weights_weight_every_task(group1):
+    weighted = table(
+        DataConfig(source="census", tabular=census.data_config(DATA_DIR, group=1, instance_weights=True))
+    )
+    assert weighted.schema.weight_column == "instance_weight" and not weighted.schema.drop
+    columns = {name: tf.constant(values) for name, values in weighted.read("eval").items()}
+    _, _, weights = weighted.features_labels_weights(columns)
+    np.testing.assert_array_equal(weights["income"], columns["instance_weight"])
+    np.testing.assert_array_equal(weights["marital"], columns["instance_weight"])
+    assert float(tf.reduce_max(weights["income"])) > 1000  # a sampling weight, not a 0/1 mask

@@ -6,8 +6,9 @@ import pytest
 import tensorflow as tf
 
 from pipeline.config import SyntheticDataConfig
-from pipeline.data import synthetic
+from pipeline.data import in_memory, synthetic
 from pipeline.errors import ConfigError
+from pipeline.features import NUMERIC, Preprocessor
 
 
 def _correlation(p: float, seed: int) -> float:
@@ -61,13 +62,20 @@ def test_labels_follow_the_generating_formula():
     assert 0.2 < labels["y1_binary"].mean() < 0.8
 
 
+def make_dataset(config, split, batch_size, shuffle_seed, input_context=None):
+    """The input function's batches of synthetic data, with the raw inputs back under their name."""
+    encoded = synthetic.in_memory(config, split, Preprocessor(synthetic.features(config)))
+    batches = in_memory.batches(encoded, batch_size, shuffle_seed, split == "train", input_context)
+    return batches.map(lambda inputs, labels, weights: ({"inputs": inputs[NUMERIC]}, labels))
+
+
 def test_training_batches_are_shuffled_repeated_and_full():
     config = SyntheticDataConfig(num_examples=100, eval_examples=30)
-    train = synthetic.make_dataset(config, "train", batch_size=32, shuffle_seed=1)
+    train = make_dataset(config, "train", batch_size=32, shuffle_seed=1)
     batches = list(train.take(5))  # 160 examples from 100: the data repeats
     assert all(features["inputs"].shape == (32, 100) for features, _ in batches)
     assert sorted(batches[0][1]) == sorted(synthetic.LABELS)
-    evaluation = synthetic.make_dataset(config, "eval", batch_size=16, shuffle_seed=1)
+    evaluation = make_dataset(config, "eval", batch_size=16, shuffle_seed=1)
     sizes = [int(f["inputs"].shape[0]) for f, _ in evaluation]
     assert sizes == [16, 14]  # one pass, last batch partial
 
@@ -81,37 +89,39 @@ def _row_ids(batches: list, full: np.ndarray) -> list[list[int]]:
 def test_every_training_epoch_is_a_fresh_permutation_fixed_by_the_seed():
     config = SyntheticDataConfig(num_examples=100)
     full, labels = synthetic.generate(config, "train")
-    batches = list(synthetic.make_dataset(config, "train", batch_size=10, shuffle_seed=3).take(20))
+    batches = list(make_dataset(config, "train", batch_size=10, shuffle_seed=3).take(20))
     ids = _row_ids(batches, full["inputs"])
     first, second = sum(ids[:10], []), sum(ids[10:], [])
     assert sorted(first) == sorted(second) == list(range(100))
     assert first != second and first != list(range(100))
     np.testing.assert_array_equal(batches[0][1]["y2"], labels["y2"][ids[0]])  # labels stay with their rows
-    again = list(synthetic.make_dataset(config, "train", batch_size=10, shuffle_seed=3).take(20))
+    again = list(make_dataset(config, "train", batch_size=10, shuffle_seed=3).take(20))
     assert _row_ids(again, full["inputs"]) == ids
-    other = list(synthetic.make_dataset(config, "train", batch_size=10, shuffle_seed=4).take(10))
+    other = list(make_dataset(config, "train", batch_size=10, shuffle_seed=4).take(10))
     assert _row_ids(other, full["inputs"]) != ids[:10]
 
 
 def test_training_batches_are_dealt_out_to_input_pipelines():
     config = SyntheticDataConfig(num_examples=100)
     full, _ = synthetic.generate(config, "train")
-    whole = _row_ids(list(synthetic.make_dataset(config, "train", 10, 3).take(10)), full["inputs"])
+    whole = _row_ids(list(make_dataset(config, "train", 10, 3).take(10)), full["inputs"])
     for pipeline_id in (0, 1):
         context = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=pipeline_id)
-        shard = synthetic.make_dataset(config, "train", 10, 3, input_context=context).take(5)
+        shard = make_dataset(config, "train", 10, 3, input_context=context).take(5)
         assert _row_ids(list(shard), full["inputs"]) == whole[pipeline_id::2]
 
 
 def test_a_batch_larger_than_the_data_is_refused():
-    with pytest.raises(ConfigError, match=r"--batch_size=200 exceeds the 100 training examples"):
-        synthetic.make_dataset(SyntheticDataConfig(num_examples=100), "train", 200, 0)
+    with pytest.raises(
+        ConfigError, match=r"`batch_size` 200 \(per input pipeline\) exceeds the 100 training examples"
+    ):
+        make_dataset(SyntheticDataConfig(num_examples=100), "train", 200, 0)
 
 
 def test_sharded_per_input_pipeline():
     config = SyntheticDataConfig(num_examples=10, eval_examples=10)
     context = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=1)
-    data = synthetic.make_dataset(config, "eval", 100, 0, input_context=context)
+    data = make_dataset(config, "eval", 100, 0, input_context=context)
     ((features, _),) = list(data)
     full, _ = synthetic.generate(config, "eval")
     np.testing.assert_array_equal(features["inputs"], full["inputs"][1::2])

@@ -44,7 +44,7 @@ def test_omoe_has_one_gate_for_all_tasks_and_mmoe_one_per_task():
     mmoe = model_fn(PAPER)
     assert len([layer for layer in omoe._flatten_layers() if isinstance(layer, Gate)]) == 1
     assert len([layer for layer in mmoe._flatten_layers() if isinstance(layer, Gate)]) == 2
-    x = omoe.encoder(_inputs())
+    x = omoe.encoder(omoe.preprocessor(_inputs()))
     omoe_reps = omoe.bottom(x)
     assert len(omoe_reps) == 1  # the one mixture every task reads
     mmoe_reps = mmoe.bottom(x)
@@ -53,7 +53,7 @@ def test_omoe_has_one_gate_for_all_tasks_and_mmoe_one_per_task():
 
 def test_each_tasks_gate_sums_to_one():
     model = model_fn(PAPER)
-    weights = np.asarray(model.bottom.gate_weights(model.encoder(_inputs(16))))
+    weights = np.asarray(model.bottom.gate_weights(model.encoder(model.preprocessor(_inputs(16)))))
     assert weights.shape == (16, 2, 8)
     np.testing.assert_allclose(weights.sum(axis=-1), np.ones((16, 2)), rtol=1e-5)
 

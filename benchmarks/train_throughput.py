@@ -9,6 +9,10 @@ Ours is `Estimator.train` as `mtl train` runs it, checkpoints and summaries on, 
 the steady one of its progress reports. The seed's rate is over one `estimator.train` epoch, as its script
 measures it (start-up included: the seed pays it once per epoch, as its users did).
 
+Census (task group 1, MMoE 8x16, towers of 8, batch 1024): `mtl train` with the table in memory and streamed
+(`--in_memory_max_mb=0`), beside the tuned Keras peer `benchmarks/census_keras_peer.py`; each in its own
+process, so that its peak RSS is its own.
+
     .venv/bin/python benchmarks/train_throughput.py --output=benchmarks/results/train_throughput.json
 """
 
@@ -46,7 +50,8 @@ flags.DEFINE_string("seed_venv", str(ROOT / ".venv-seed"), "The seed baseline's 
 flags.DEFINE_string("shared", str(ROOT.parent / "shared"), "The shared/ directory (seeds and bench).")
 flags.DEFINE_list("batch_sizes", ["256", "1024"], "Batch sizes to measure.")
 flags.DEFINE_integer("examples", 300_000, "Examples per timed run (after warm-up).")
-flags.DEFINE_boolean("census", True, "Also measure census training with its preprocessing layers.")
+flags.DEFINE_boolean("census", True, "Also measure census training beside a tuned Keras peer.")
+flags.DEFINE_boolean("synthetic", True, "Measure the synthetic-data rows (ours, Keras fit, the seed).")
 FLAGS = flags.FLAGS
 
 TASKS = (TaskConfig("y1", "y1"), TaskConfig("y2", "y2"))
@@ -61,8 +66,9 @@ def ours(architecture: str, batch_size: int, data_config: DataConfig) -> float:
     train = TrainConfig(batch_size=batch_size, log_every_steps=100, save_checkpoints_steps=500)
     steps = max(FLAGS.examples // batch_size, 300)
     with tempfile.TemporaryDirectory() as model_dir:
-        estimator = Estimator(ExperimentConfig(model=model, data=data_config, train=train), model_dir)
-        input_fn = data.input_fn(data_config, "train", train)
+        config = ExperimentConfig(model=model, data=data_config, train=train)
+        estimator = Estimator(config, model_dir)
+        input_fn = data.input_fn(config, "train")
         estimator.train(input_fn, 200)  # warm-up: tracing, the first checkpoint
         return estimator.train(input_fn, 200 + steps)["steady_examples_per_sec"]
 
@@ -125,27 +131,57 @@ def seed(batch_size: int) -> dict[str, float]:
     return {row["model"]: row["examples_per_sec"] for row in rows}
 
 
-def census_run() -> dict:
-    """`mtl train` on census (preprocessing in the model), in a child process so its peak RSS is its own."""
+def _peak_rss_run(command: list[str]) -> tuple[subprocess.CompletedProcess, int]:
+    """Runs `command` in a fresh child; returns it and its peak RSS in MiB."""
+    # RUSAGE_CHILDREN is the largest of all children waited for: a fresh parent measures this one alone.
+    measure = (
+        "import resource, subprocess, sys; "
+        "r = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
+        "sys.stderr.write(r.stderr); sys.stdout.write(r.stdout); "
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(r.returncode)"
+    )
+    result = subprocess.run([sys.executable, "-c", measure, *command], capture_output=True, text=True)
+    if result.returncode:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-2000:]}")
+    return result, round(int(result.stdout.strip().splitlines()[-1]) / 1024)
+
+
+def census_ours(in_memory_max_mb: int, steps: int) -> dict:
+    """`mtl train` on census: the median of its progress reports' rates after the first two, and peak RSS."""
     with tempfile.TemporaryDirectory() as model_dir:
         data_dir = Path(FLAGS.shared) / "data" / "census-income"
         command = [sys.executable, "-m", "pipeline", "train", "--data=census", f"--data_dir={data_dir}"]
-        command += ["--model=mmoe", f"--model_dir={model_dir}", "--batch_size=1024", "--max_steps=600"]
-        # RUSAGE_CHILDREN is the largest of all children waited for: a fresh parent measures this one alone.
-        measure = (
-            "import resource, subprocess, sys; "
-            "r = subprocess.run(sys.argv[1:], capture_output=True, text=True); sys.stderr.write(r.stderr); "
-            "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
-        )
-        result = subprocess.run(
-            [sys.executable, "-c", measure, *command], capture_output=True, text=True, check=True
-        )
+        command += ["--model=mmoe", f"--model_dir={model_dir}", "--batch_size=1024", f"--max_steps={steps}"]
+        command += [f"--in_memory_max_mb={in_memory_max_mb}", f"--log_every_steps={steps // 10}"]
+        command += [f"--save_checkpoints_steps={steps // 2}"]
+        result, peak_mib = _peak_rss_run(command)
     reports = [line for line in result.stderr.splitlines() if "examples/s" in line]
     steady = [
         float(line.split("examples/s")[0].split("]")[-1].strip().replace(",", "")) for line in reports[2:]
     ]
-    peak_kib = int(result.stdout.strip().splitlines()[-1])
-    return {"examples_per_sec": round(float(np.median(steady))), "peak_rss_mib": round(peak_kib / 1024)}
+    return {"examples_per_sec": round(float(np.median(steady))), "peak_rss_mib": peak_mib}
+
+
+def census_keras() -> dict:
+    """The tuned Keras peer (`census_keras_peer.py`): its fastest of arrays / `tf.data`, XLA on / off."""
+    data_dir = Path(FLAGS.shared) / "data" / "census-income"
+    script = str(ROOT / "benchmarks" / "census_keras_peer.py")
+    result, peak_mib = _peak_rss_run([sys.executable, script, f"--data_dir={data_dir}"])
+    row = json.loads(next(line for line in result.stdout.splitlines() if line.startswith("{")))
+    return {**row, "peak_rss_mib": peak_mib}
+
+
+def census_run() -> dict:
+    in_memory = census_ours(in_memory_max_mb=TrainConfig().in_memory_max_mb, steps=3000)
+    keras_fit = census_keras()
+    streaming = census_ours(in_memory_max_mb=0, steps=400)
+    return {
+        "ours_in_memory": in_memory,
+        "ours_streaming": streaming,
+        "keras_fit": keras_fit,
+        "in_memory_over_keras": round(in_memory["examples_per_sec"] / keras_fit["examples_per_sec"], 2),
+        "streaming_over_keras": round(streaming["examples_per_sec"] / keras_fit["examples_per_sec"], 2),
+    }
 
 
 def flops_per_example(architecture: str) -> int:
@@ -171,7 +207,7 @@ def main(argv: list[str]) -> None:
     data_config = DataConfig(synthetic=SyntheticDataConfig(num_examples=FLAGS.examples))
     peak = rough_peak_flops()
     rows = []
-    for batch_size in map(int, FLAGS.batch_sizes):
+    for batch_size in map(int, FLAGS.batch_sizes) if FLAGS.synthetic else ():
         seed_rates = seed(batch_size)
         for architecture in ("shared_bottom", "mmoe"):
             row = {
@@ -199,8 +235,12 @@ def main(argv: list[str]) -> None:
         ratios = f"{r['ours_over_seed']:>10.2f}{r['ours_over_keras']:>11.2f}{r['achieved_gflops']:>9.2f}"
         print(f"{r['model']:<14}{r['batch']:>6}{rates}{ratios}")
     if "census" in result:
-        print(f"census mmoe batch 1024: {result['census']['examples_per_sec']:,} ex/s, "
-              f"peak RSS {result['census']['peak_rss_mib']} MiB")  # fmt: skip
+        census = result["census"]
+        for name in ("ours_in_memory", "ours_streaming", "keras_fit"):
+            print(f"census mmoe batch 1024, {name}: {census[name]['examples_per_sec']:,} ex/s, "
+                  f"peak RSS {census[name]['peak_rss_mib']} MiB")  # fmt: skip
+        print(f"census: in memory {census['in_memory_over_keras']}x Keras fit, "
+              f"streaming {census['streaming_over_keras']}x")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -287,7 +287,7 @@ class Estimator:
             self.step,
             time.perf_counter() - started,
             "; ".join(
-                f"{name} " + " ".join(f"{metric} {value:.4f}" for metric, value in values.items())
+                f"{name} " + " ".join(f"{metric} {value:.4g}" for metric, value in values.items())
                 for name, values in tasks.items()
             ),
         )

@@ -211,6 +211,8 @@ class TabularDataConfig:
         own = {"train": self.train_files, "eval": self.eval_files, "test": self.test_files}[split]
         if own or split == "train" or not self.split:
             return own
+        if split == "test" and self.split != "halves" and self.split.endswith("/0"):
+            return ()
         return self.eval_files if self.split == "halves" else self.train_files
 
     def carved(self, split: str) -> bool:
@@ -233,7 +235,7 @@ def split_proportions(split: str) -> tuple[int, int, int] | None:
         shares = tuple(int(part) for part in parts)
     except ValueError:
         shares = ()
-    if len(shares) != 3 or min(shares) < 0 or shares[0] == 0 or sum(shares) != 100:
+    if len(shares) != 3 or min(shares) < 0 or 0 in shares[:2] or sum(shares) != 100:
         raise invalid(
             "split", split, "must be three whole percentages train/eval/test summing to 100, e.g. 80/10/10"
         )

@@ -224,8 +224,13 @@ def _tabular_config() -> TabularDataConfig:
         raise ConfigError(f"--data={FLAGS.data} needs --schema, a feature schema JSON file.")
     if not FLAGS.train_files:
         raise ConfigError(f"--data={FLAGS.data} needs --train_files.")
-    if FLAGS.split and FLAGS.eval_files:
-        raise ConfigError("Give --eval_files or --split (which carves eval out of --train_files), not both.")
+    if FLAGS.split and (FLAGS.eval_files or FLAGS.test_files):
+        raise ConfigError(
+            "Give --eval_files and --test_files, or --split (which carves them out of --train_files), "
+            "not both."
+        )
+    if FLAGS.split == "halves":
+        raise ConfigError("--split takes train/eval/test percentages, such as 80/10/10.")
     if not FLAGS.split and not FLAGS.eval_files:
         raise ConfigError(f"--data={FLAGS.data} needs --eval_files, or --split=80/10/10 to carve them out.")
     train_files = _files("train_files")
@@ -373,6 +378,11 @@ def _moved_files(saved: DataConfig) -> TabularDataConfig:
     tabular_config = saved.tabular
     if FLAGS["data_dir"].present and saved.source == "census":
         located = census.data_config(FLAGS.data_dir, FLAGS.census_group)
+        if located.split != tabular_config.split:
+            raise ConfigError(
+                f"--data_dir={FLAGS.data_dir} splits census differently ({located.split!r}) from "
+                f"the saved config ({tabular_config.split!r}). Use a new --model_dir."
+            )
         tabular_config = dataclasses.replace(
             tabular_config, train_files=located.train_files, eval_files=located.eval_files
         )

@@ -137,7 +137,7 @@ def data_stage() -> None:
     """Checks data files against their schema and describes them; with --output, writes TFRecord shards."""
     config = cli_flags.config_from_flags(with_features=False)
     if config.data.source == "synthetic":
-        raise ConfigError("mtl data inspects tables: use --data=census, csv or tfrecord.")
+        raise ConfigError("mtl data inspects tables: use --data=census, csv, tfrecord or parquet.")
     table = data.table(config.data)
     for split in ("train", "eval", "test"):
         if not config.data.tabular.files(split):

@@ -23,6 +23,7 @@ def _batch_indices(
 ) -> tf.data.Dataset:
     pipelines = input_context.num_input_pipelines if input_context is not None else 1
     pipeline_id = input_context.input_pipeline_id if input_context is not None else 0
+    replicas = input_context.num_replicas_in_sync if input_context is not None else 1
     if not train:
         indices = tf.data.Dataset.range(num_examples)
         if pipelines > 1:
@@ -31,7 +32,7 @@ def _batch_indices(
     batches_per_epoch = num_examples // batch_size
     if batches_per_epoch == 0:
         raise ConfigError(
-            f"`batch_size` {batch_size} (per input pipeline) exceeds the {num_examples} training examples."
+            f"`batch_size` {batch_size} (per replica) exceeds the {num_examples} training examples."
         )
 
     def epoch_batches(epoch: tf.Tensor) -> tf.data.Dataset:
@@ -42,9 +43,9 @@ def _batch_indices(
             tf.reshape(order[: batches_per_epoch * batch_size], [batches_per_epoch, batch_size])
         )
 
-    # Batches are numbered over all pipelines; pipeline i takes i, i + n, ... Resuming at `start_step`
-    # starts in the right epoch, so no batch before it is made.
-    first = start_step * pipelines
+    # Batches are numbered over all pipelines; pipeline i takes i, i + n, ... Each step takes one batch per
+    # replica. Resuming at `start_step` starts in the right epoch, so no batch before it is made.
+    first = start_step * replicas
     first_epoch = first // batches_per_epoch
     indices = tf.data.Dataset.counter(first_epoch).flat_map(epoch_batches)
     indices = indices.skip(first - first_epoch * batches_per_epoch)

@@ -50,6 +50,11 @@ class CsvFormat:
     strip: bool = True
     na_values: tuple[str, ...] = ("",)
 
+    @property
+    def missing_values(self) -> tuple[str, ...]:
+        """What a missing cell holds: an empty cell, or one of `na_values`."""
+        return tuple(dict.fromkeys(("", *self.na_values)))
+
 
 @dataclasses.dataclass(frozen=True)
 class SchemaFeature:

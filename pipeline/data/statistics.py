@@ -42,7 +42,7 @@ class Statistics:
         self.negative_weights: collections.Counter[str] = collections.Counter()
 
     def add(self, columns: Mapping[str, np.ndarray]) -> None:
-        na_values = set(self.schema.csv.na_values)
+        na_values = set(self.schema.csv.missing_values)
         self.rows += len(next(iter(columns.values())))
         for name in self.schema.used_columns:
             values = columns[name]
@@ -93,7 +93,7 @@ class Statistics:
             if self.labelled[task.name] == 0:
                 raise DataError(
                     f"schema.tasks[{i}] ({task.name!r}): column {task.column!r} has no labelled training row "
-                    f"(every value is missing: {', '.join(map(repr, self.schema.csv.na_values))})."
+                    f"(every value is missing: {', '.join(map(repr, self.schema.csv.missing_values))})."
                 )
             if task.type == "binary" and self.positives[task.name] == 0:
                 frequent = ", ".join(f"{v!r} ({n})" for v, n in self.counts[task.column].most_common(5))
@@ -109,7 +109,15 @@ class Statistics:
                     f"{self.negative_weights[name]} "
                     "negative values in the train split; weights must be numbers >= 0."
                 )
-        for feature in self.schema.features:
+        for i, feature in enumerate(self.schema.features):
+            if feature.type == "categorical" and not self.vocabulary(
+                feature.name, feature.min_count, feature.max_tokens
+            ):
+                raise DataError(
+                    f"schema.features[{i}] ({feature.name!r}): no value is seen "
+                    f"min_count={feature.min_count} "
+                    "times in the train split, so its vocabulary would be empty; lower min_count."
+                )
             if feature.type == "categorical" and len(self.counts[feature.name]) == 1:
                 (value,) = self.counts[feature.name]
                 logging.warning(

@@ -150,6 +150,8 @@ class TabularData:
             chunks = list(self._file_chunks(files))
             self._chunks[files] = chunks  # the other splits of the same files are read from memory
             parts = list(self._split_chunks(split))
+            if not parts:
+                raise DataError(f"The {split} split of {', '.join(files)} holds no rows.")
             self._columns[split] = {
                 name: np.concatenate([part[name] for part in parts]) for name in self.schema.used_columns
             }
@@ -202,7 +204,7 @@ class TabularData:
     def features_labels_weights(self, columns: dict[str, tf.Tensor]) -> tuple[dict, dict, dict]:
         """Raw feature columns; each task's label (0 where missing) and weight (0 where it is missing)."""
         features = {feature.name: columns[feature.name] for feature in self.schema.features}
-        na_values = tf.constant(list(self.schema.csv.na_values) or [""])
+        na_values = tf.constant(list(self.schema.csv.missing_values))
         labels, weights = {}, {}
         for task in self.schema.tasks:
             value = columns[task.column]
@@ -289,7 +291,8 @@ class TabularData:
         train = split == "train"
         if train:
             records = records.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True).repeat()
-            records = records.skip(start_step * batch_size)
+            replicas_per_pipeline = input_context.num_replicas_in_sync // pipelines if input_context else 1
+            records = records.skip(start_step * replicas_per_pipeline * batch_size)
         records = records.batch(batch_size, drop_remainder=train)
 
         def decode(batch: tf.Tensor) -> tuple[dict, dict, dict]:

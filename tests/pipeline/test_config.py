@@ -2,7 +2,14 @@ import dataclasses
 
 import pytest
 
-from pipeline.config import ExperimentConfig, ModelConfig, TaskConfig, TrainConfig
+from pipeline.config import (
+    ExperimentConfig,
+    ModelConfig,
+    TabularDataConfig,
+    TaskConfig,
+    TrainConfig,
+    split_proportions,
+)
 from pipeline.errors import ConfigError
 from tests.conftest import small_experiment
 
@@ -86,3 +93,15 @@ def test_json_round_trip_is_exact():
 def test_unknown_field_in_saved_json():
     with pytest.raises(ConfigError, match="Unknown TrainConfig field"):
         ExperimentConfig.from_json('{"train": {"epochs": 3}}')
+
+
+def test_a_row_split_reduces_its_shares_and_refuses_an_empty_eval_share():
+    assert split_proportions("80/10/10") == (8, 1, 1) and split_proportions("") is None
+    for bad in ("80/20", "80/0/20", "0/50/50", "70/10/10", "a/b/c"):
+        with pytest.raises(ConfigError, match=f"Received: split='{bad}'"):
+            split_proportions(bad)
+    carved = TabularDataConfig(train_files=("all.csv",), split="90/10/0")
+    assert carved.files("eval") == ("all.csv",) and carved.files("test") == ()
+    assert carved.carved("train") and carved.carved("eval")
+    own = TabularDataConfig(train_files=("a.csv",), eval_files=("b.csv",))
+    assert own.files("test") == () and not own.carved("eval")

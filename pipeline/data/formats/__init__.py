@@ -79,7 +79,7 @@ def get(name: str) -> TableFormat:
 def strings_to_numbers(values: tf.Tensor, schema: Schema) -> tf.Tensor:
     """Parsed numbers of a string column; `na_values` become NaN."""
     missing = tf.reduce_any(
-        tf.equal(values[:, None], tf.constant(list(schema.csv.na_values) or [""])[None, :]), axis=1
+        tf.equal(values[:, None], tf.constant(list(schema.csv.missing_values))[None, :]), axis=1
     )
     return tf.where(missing, np.float32(np.nan), tf.strings.to_number(tf.where(missing, "0", values)))
 

@@ -42,7 +42,7 @@ def _read_csv(path: str, schema: Schema, threads: bool) -> tuple[pa.Table, list[
 
 
 def _parses(value: str, schema: Schema) -> bool:
-    if value in schema.csv.na_values:
+    if value in schema.csv.missing_values:
         return True
     try:
         float(value)
@@ -61,18 +61,6 @@ def _check_header(path: str, schema: Schema) -> None:
     header = tuple(h.strip() if schema.csv.strip else h for h in first.split(schema.csv.delimiter))
     if header != schema.columns:
         raise DataError(f"{path}:1: header {list(header)} differs from the schema's columns.")
-
-
-def _column_problem(path: str, name: str, values: np.ndarray, schema: Schema) -> tuple[int, str] | None:
-    """The first row of a numeric column that does not parse, as (index, problem)."""
-    for index, value in enumerate(values):
-        if value in schema.csv.na_values:
-            continue
-        try:
-            float(value)
-        except ValueError:
-            return index, f"column {name!r} holds {value!r}, not a number"
-    return None
 
 
 @register
@@ -98,7 +86,7 @@ class CsvFormat(TableFormat):
             values = table.column(name)
             strings[name] = pc.utf8_trim_whitespace(values) if schema.csv.strip else values
         numeric = [name for name in schema.used_columns if name in schema.numeric_columns()]
-        na_values = pa.array(list(schema.csv.na_values) or [""])
+        na_values = pa.array(list(schema.csv.missing_values))
 
         def to_numbers(values: pa.ChunkedArray) -> np.ndarray:
             numbers = pc.cast(pc.if_else(pc.is_in(values, value_set=na_values), "nan", values), pa.float32())
@@ -118,7 +106,10 @@ class CsvFormat(TableFormat):
             mask = pa.array(keep)
             strings = {name: pc.filter(values, mask) for name, values in strings.items()}
             positions = positions[keep]
-            numbers = {name: to_numbers(strings[name]) for name in numeric}
+            try:
+                numbers = {name: to_numbers(strings[name]) for name in numeric}
+            except pa.ArrowInvalid as error:
+                raise DataError(f"{path}: a numeric column holds a non-number: {error}") from None
         columns = {
             name: numbers[name] if name in numbers else np.asarray(strings[name].to_pylist(), dtype=object)
             for name in schema.used_columns
@@ -128,7 +119,9 @@ class CsvFormat(TableFormat):
     def records(self, path: tf.Tensor, schema: Schema) -> tf.data.Dataset:
         compression = tf.where(tf.strings.regex_full_match(path, r".*\.gz"), "GZIP", "")
         lines = tf.data.TextLineDataset(path, compression_type=compression)
-        return lines.skip(1 if schema.csv.header else 0).enumerate()
+        lines = lines.skip(1 if schema.csv.header else 0)
+        # pyarrow skips empty lines too, so both count rows alike.
+        return lines.filter(lambda line: tf.strings.length(line) > 0).enumerate()
 
     def decode(self, records: tf.Tensor, schema: Schema) -> dict[str, tf.Tensor]:
         fields = tf.io.decode_csv(

@@ -19,13 +19,13 @@ from pipeline.data.schema import Schema
 
 def _typed(batch: pa.RecordBatch, schema: Schema) -> dict[str, np.ndarray]:
     numeric = schema.numeric_columns()
-    missing_string = (schema.csv.na_values or ("",))[0]
+    missing_string = schema.csv.missing_values[0]
     columns = {}
     for name in schema.used_columns:
         values = batch.column(name)
         if name in numeric:
             try:
-                values = pc.cast(values, pa.float32())
+                values = pc.cast(values, pa.float64())
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
                 raise DataError(f"Parquet column {name!r} is {values.type}, not a number.") from None
             columns[name] = values.to_numpy(zero_copy_only=False).astype(np.float32)  # null -> NaN

@@ -33,7 +33,9 @@ class TfRecordFormat(TableFormat):
             columns = {}
             for name, value in batch.items():
                 array = value.numpy()
-                columns[name] = array.astype(str).astype(object) if array.dtype.kind == "S" else array
+                if array.dtype.kind == "S":
+                    array = np.array([value.decode("utf-8") for value in array], dtype=object)
+                columns[name] = array
             count = len(next(iter(columns.values())))
             yield FileChunk(columns, np.arange(position, position + count, dtype=np.int64))
             position += count
@@ -43,8 +45,11 @@ class TfRecordFormat(TableFormat):
 
     def decode(self, records: tf.Tensor, schema: Schema) -> dict[str, tf.Tensor]:
         numeric = schema.numeric_columns()
+        # An absent feature is a missing value.
         spec = {
-            name: tf.io.FixedLenFeature([], tf.float32 if name in numeric else tf.string)
+            name: tf.io.FixedLenFeature([], tf.float32, default_value=np.nan)
+            if name in numeric
+            else tf.io.FixedLenFeature([], tf.string, default_value=schema.csv.missing_values[0])
             for name in schema.used_columns
         }
         return tf.io.parse_example(records, spec)

@@ -113,7 +113,7 @@ def test_training_batches_are_dealt_out_to_input_pipelines():
 
 def test_a_batch_larger_than_the_data_is_refused():
     with pytest.raises(
-        ConfigError, match=r"`batch_size` 200 \(per input pipeline\) exceeds the 100 training examples"
+        ConfigError, match=r"`batch_size` 200 \(per replica\) exceeds the 100 training examples"
     ):
         make_dataset(SyntheticDataConfig(num_examples=100), "train", 200, 0)
 

@@ -131,3 +131,24 @@ def test_schema_round_trips_through_the_config(tmp_path):
     assert dataclasses.replace(
         _table(tmp_path).config, schema=schema_to_dict(schema)
     ).schema == schema_to_dict(schema)
+
+
+def test_a_min_count_that_empties_a_vocabulary_is_an_error(tmp_path):
+    schema = {**SCHEMA, "features": [*SCHEMA["features"][:1], {**SCHEMA["features"][1], "min_count": 9}]}
+    schema["features"].append(SCHEMA["features"][2])
+    (tmp_path / "train.csv").write_text("\n".join(TRAIN) + "\n")
+    table = TabularData(
+        TabularDataConfig(train_files=(str(tmp_path / "train.csv"),), split="80/10/10", schema=schema)
+    )
+    with pytest.raises(DataError, match=r"schema.features\[1\] \('job'\): no value is seen min_count=9 times"):
+        table.feature_configs()
+
+
+def test_resuming_with_two_replicas_per_pipeline_skips_two_batches_a_step():
+    from pipeline.data import in_memory
+
+    rows = tf.range(40)
+    whole = [b.numpy().tolist() for b in in_memory.batches(rows, 4, 0, train=True).take(6)]
+    context = tf.distribute.InputContext(num_input_pipelines=1, num_replicas_in_sync=2)
+    resumed = [b.numpy().tolist() for b in in_memory.batches(rows, 4, 0, True, context, start_step=2).take(2)]
+    assert resumed == whole[4:6]

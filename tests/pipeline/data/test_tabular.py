@@ -150,5 +150,6 @@ def test_resuming_with_two_replicas_per_pipeline_skips_two_batches_a_step():
     rows = tf.range(40)
     whole = [b.numpy().tolist() for b in in_memory.batches(rows, 4, 0, train=True).take(6)]
     context = tf.distribute.InputContext(num_input_pipelines=1, num_replicas_in_sync=2)
-    resumed = [b.numpy().tolist() for b in in_memory.batches(rows, 4, 0, True, context, start_step=2).take(2)]
+    resumed = in_memory.batches(rows, 4, 0, True, context, start_step=2).take(2)
+    resumed = [b.numpy().tolist() for b in resumed]
     assert resumed == whole[4:6]

@@ -140,7 +140,8 @@ def test_a_min_count_that_empties_a_vocabulary_is_an_error(tmp_path):
     table = TabularData(
         TabularDataConfig(train_files=(str(tmp_path / "train.csv"),), split="80/10/10", schema=schema)
     )
-    with pytest.raises(DataError, match=r"schema.features\[1\] \('job'\): no value is seen min_count=9 times"):
+    message = r"schema.features\[1\] \('job'\): no value is seen min_count=9 times"
+    with pytest.raises(DataError, match=message):
         table.feature_configs()
 
 

@@ -1,1 +1,1 @@
-"""Serving exported models over TF Serving's REST and gRPC contract (see the serving issue)."""
+"""Serving exported models over TF Serving's REST and gRPC contract."""

@@ -20,7 +20,7 @@ from absl import logging
 
 from pipeline.config import FeatureConfig, TabularDataConfig, split_proportions
 from pipeline.data import formats, in_memory
-from pipeline.data.formats import DataError, FileChunk
+from pipeline.data.formats import DataError, FileChunk, csv_files
 from pipeline.data.schema import Schema, schema_from_dict
 from pipeline.data.statistics import Statistics
 from pipeline.errors import ConfigError
@@ -51,20 +51,10 @@ def resolve_columns(schema: Schema, files: tuple[str, ...], file_format: str) ->
     if not schema.columns and file_format == "csv":
         if not schema.csv.header:
             raise ConfigError("schema.columns is required when schema.csv.header is false.")
-        with tf.io.gfile.GFile(files[0], "rb") as raw:
-            first = raw.readline() if not files[0].endswith(".gz") else _first_gzip_line(files[0])
-        header = first.decode("utf-8").rstrip("\r\n").split(schema.csv.delimiter)
-        schema = schema.with_columns(tuple(h.strip() if schema.csv.strip else h for h in header))
+        schema = schema.with_columns(csv_files.read_header(files[0], schema))
     elif not schema.columns:
         schema = schema.with_columns(schema.used_columns + tuple(schema.drop))
     return schema.validate()
-
-
-def _first_gzip_line(path: str) -> bytes:
-    import gzip
-
-    with gzip.open(path, "rb") as f:
-        return f.readline()
 
 
 class TabularData:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 from collections.abc import Iterator
 
 import numpy as np
@@ -51,14 +52,16 @@ def _parses(value: str, schema: Schema) -> bool:
     return True
 
 
-def _check_header(path: str, schema: Schema) -> None:
+def read_header(path: str, schema: Schema) -> tuple[str, ...]:
+    """The fields of a CSV file's first line (plain or gzip, any file system TensorFlow reads)."""
     with tf.io.gfile.GFile(path, "rb") as raw:
-        if path.endswith(".gz"):
-            import gzip
+        first = (gzip.GzipFile(fileobj=raw) if path.endswith(".gz") else raw).readline()
+    fields = first.decode("utf-8").rstrip("\r\n").split(schema.csv.delimiter)
+    return tuple(h.strip() if schema.csv.strip else h for h in fields)
 
-            raw = gzip.GzipFile(fileobj=raw)
-        first = raw.readline().decode("utf-8").rstrip("\r\n")
-    header = tuple(h.strip() if schema.csv.strip else h for h in first.split(schema.csv.delimiter))
+
+def _check_header(path: str, schema: Schema) -> None:
+    header = read_header(path, schema)
     if header != schema.columns:
         raise DataError(f"{path}:1: header {list(header)} differs from the schema's columns.")
 

@@ -31,6 +31,8 @@ OPTIMIZERS = ("adam", "adagrad", "sgd", "rmsprop")
 FEATURE_KINDS = ("numeric", "categorical", "hashed")
 TABULAR_FORMATS = ("csv", "tfrecord", "parquet")
 SPLITS = ("train", "eval", "test")
+LEARNING_RATE_SCHEDULES = ("constant", "exponential", "cosine", "piecewise")
+METRIC_MODES = ("auto", "max", "min")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -260,7 +262,18 @@ class DataConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation and bookkeeping of the training loop."""
+    """Optimisation and bookkeeping of the training loop.
+
+    The learning rate follows `learning_rate_schedule` (see `pipeline.schedules`): `constant`; `exponential`
+    (times `decay_rate` every `decay_steps`); `cosine` (from `learning_rate` down to `cosine_alpha` times it
+    over `decay_steps`); `piecewise` (`piecewise_values[i]` until step `piecewise_boundaries[i]`). With
+    `warmup_steps` it first rises linearly to the schedule's starting rate.
+
+    `train_and_evaluate` stops once `early_stopping_metric` (e.g. `income/auc`, `loss`) has not improved by
+    more than `early_stopping_min_delta` for `early_stopping_patience` evaluations, and keeps the checkpoint
+    of the best evaluation by `best_metric` (default: the early-stopping metric, else `loss`). A mode of
+    `auto` infers the direction from the metric's name: AUC up, losses and errors down.
+    """
 
     batch_size: int = 256
     learning_rate: float = 1e-3
@@ -271,18 +284,88 @@ class TrainConfig:
     log_every_steps: int = 100
     shuffle_buffer: int = 10_000
     in_memory_max_mb: int = 2048
+    learning_rate_schedule: str = "constant"
+    warmup_steps: int = 0
+    decay_steps: int = 0
+    decay_rate: float = 0.5
+    cosine_alpha: float = 0.0
+    piecewise_boundaries: tuple[int, ...] = ()
+    piecewise_values: tuple[float, ...] = ()
+    early_stopping_metric: str = ""
+    early_stopping_mode: str = "auto"
+    early_stopping_patience: int = 5
+    early_stopping_min_delta: float = 0.0
+    best_metric: str = ""
 
     def validate(self) -> None:
         check_positive_int("batch_size", self.batch_size)
-        if not isinstance(self.learning_rate, (int, float)) or not self.learning_rate > 0:
-            raise invalid("learning_rate", self.learning_rate, "must be > 0")
+        _check_positive_number("learning_rate", self.learning_rate)
         check_choice("optimizer", self.optimizer, OPTIMIZERS)
         check_positive_int("save_checkpoints_steps", self.save_checkpoints_steps)
         check_positive_int("keep_checkpoint_max", self.keep_checkpoint_max)
         check_positive_int("log_every_steps", self.log_every_steps)
         check_positive_int("shuffle_buffer", self.shuffle_buffer)
-        if not isinstance(self.in_memory_max_mb, int) or self.in_memory_max_mb < 0:
-            raise invalid("in_memory_max_mb", self.in_memory_max_mb, "must be an integer >= 0")
+        _check_count("in_memory_max_mb", self.in_memory_max_mb)
+        self._validate_schedule()
+        check_choice("early_stopping_mode", self.early_stopping_mode, METRIC_MODES)
+        check_positive_int("early_stopping_patience", self.early_stopping_patience)
+        if not isinstance(self.early_stopping_min_delta, (int, float)) or self.early_stopping_min_delta < 0:
+            raise invalid("early_stopping_min_delta", self.early_stopping_min_delta, "must be a number >= 0")
+
+    def _validate_schedule(self) -> None:
+        schedule = check_choice(
+            "learning_rate_schedule", self.learning_rate_schedule, LEARNING_RATE_SCHEDULES
+        )
+        _check_count("warmup_steps", self.warmup_steps)
+        _check_count("decay_steps", self.decay_steps)
+        if schedule in ("exponential", "cosine") and self.decay_steps == 0:
+            raise invalid(
+                "decay_steps", self.decay_steps, f"must be a positive integer for the {schedule} schedule"
+            )
+        if schedule == "exponential":
+            _check_positive_number("decay_rate", self.decay_rate)
+        if schedule == "cosine" and not (
+            isinstance(self.cosine_alpha, (int, float)) and 0.0 <= self.cosine_alpha <= 1.0
+        ):
+            raise invalid("cosine_alpha", self.cosine_alpha, "must be in [0, 1]")
+        if schedule != "piecewise":
+            if self.piecewise_boundaries or self.piecewise_values:
+                raise invalid(
+                    "piecewise_boundaries",
+                    list(self.piecewise_boundaries),
+                    "is for the piecewise schedule only",
+                )
+            return
+        boundaries, values = list(self.piecewise_boundaries), list(self.piecewise_values)
+        if (
+            not boundaries
+            or boundaries != sorted(set(boundaries))
+            or not all(isinstance(b, int) and b > 0 for b in boundaries)
+        ):
+            raise invalid("piecewise_boundaries", boundaries, "must be increasing positive step numbers")
+        if len(values) != len(boundaries) + 1:
+            raise invalid(
+                "piecewise_values",
+                values,
+                f"must hold one learning rate more than piecewise_boundaries ({len(boundaries) + 1})",
+            )
+        for value in values:
+            _check_positive_number("piecewise_values", value)
+
+
+def _check_positive_number(field: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise invalid(field, value, "must be > 0")
+
+
+def _check_count(field: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise invalid(field, value, "must be an integer >= 0")
+
+
+def metric_names(model: ModelConfig) -> tuple[str, ...]:
+    """What evaluation reports and early stopping can watch: `loss` and `<task>/<metric>`."""
+    return ("loss", *(f"{task.name}/{name}" for task in model.tasks for name in ("loss", *task.metrics)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -297,6 +380,11 @@ class ExperimentConfig:
         self.model.validate()
         self.data.validate()
         self.train.validate()
+        known = metric_names(self.model)
+        for field in ("early_stopping_metric", "best_metric"):
+            name = getattr(self.train, field)
+            if name and name not in known:
+                raise invalid(field, name, f"must be one of the evaluation's metrics: {', '.join(known)}")
         return self
 
     def to_json(self) -> str:

@@ -1,7 +1,8 @@
 """Picks the `tf.distribute` strategy from the environment, as launchers (Kubernetes TFJob, ...) set it.
 
 `TF_CONFIG` with more than one task in its cluster means multi-worker training; several local GPUs mean
-mirrored training; anything else runs on the default (single-device) strategy.
+mirrored training; anything else runs on the default (single-device) strategy. An `evaluator` task (whose
+`TF_CONFIG` names the trainers' cluster) evaluates on its own, on the default strategy.
 """
 
 from __future__ import annotations
@@ -44,7 +45,10 @@ def select_strategy(name: str = "auto", environ: Mapping[str, str] = os.environ)
             f"Received: distribution_strategy={name!r}"
         )
     if name == "auto":
-        if cluster_size(parse_tf_config(environ)) > 1:
+        tf_config = parse_tf_config(environ)
+        if tf_config.get("task", {}).get("type") == "evaluator":
+            name = "default"
+        elif cluster_size(tf_config) > 1:
             name = "multi_worker_mirrored"
         elif len(tf.config.list_logical_devices("GPU")) > 1:
             name = "mirrored"

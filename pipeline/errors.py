@@ -27,3 +27,14 @@ class ModelDirError(UserError):
 
 class ExportError(UserError):
     """The export base is unusable, or the exported model does not reproduce the in-memory one."""
+
+
+class TrainingStopped(Exception):  # noqa: N818  (a stop that was asked for, not a failure)
+    """Training stopped on request (a signal) after saving a checkpoint of the step it reached."""
+
+    def __init__(self, step: int, reason: str) -> None:
+        super().__init__(
+            f"Training stopped at step {step} ({reason}); a checkpoint of step {step} was saved."
+        )
+        self.step = step
+        self.reason = reason

@@ -7,10 +7,11 @@ under `MultiWorkerMirroredStrategy` with Keras 3 (keras-team/keras#20585). Sever
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,27 +19,21 @@ import keras
 import tensorflow as tf
 from absl import logging
 
-from pipeline import distribute, export, heads
+from pipeline import distribute, early_stopping, export, heads
 from pipeline import model_dir as model_dir_files
 from pipeline.checks import check_positive_int
-from pipeline.config import ExperimentConfig, TrainConfig
-from pipeline.errors import ModelDirError
+from pipeline.config import ExperimentConfig
+from pipeline.errors import ModelDirError, TrainingStopped
 from pipeline.models import model_fn
-from pipeline.progress import TrainingProgress
+from pipeline.optimizers import make_optimizer
+from pipeline.progress import PassProgress, TrainingProgress
+from pipeline.warm_start import WarmStartReport, warm_start
 
 # (input context, batches already trained) -> batches of (features, labels, weights); see `pipeline.data`.
 InputFn = Callable[[tf.distribute.InputContext, int], tf.data.Dataset]
 
-_OPTIMIZERS = {
-    "adam": keras.optimizers.Adam,
-    "adagrad": keras.optimizers.Adagrad,
-    "sgd": keras.optimizers.SGD,
-    "rmsprop": keras.optimizers.RMSprop,
-}
-
-
-def _make_optimizer(train: TrainConfig) -> keras.optimizers.Optimizer:
-    return _OPTIMIZERS[train.optimizer](learning_rate=train.learning_rate)
+BEST_DIR = "best"
+CHECKPOINT_CHOICES = "latest, best or a step number"
 
 
 class Estimator:
@@ -48,6 +43,9 @@ class Estimator:
         config: the experiment; it must match the config already saved in `model_dir`, if any.
         model_dir: checkpoints, TensorBoard events, `config.json` and `eval_results.json` go here.
         strategy: a `tf.distribute.Strategy`; by default chosen from the environment.
+        warm_start_from: a `model_dir` or checkpoint whose variables of equal name and shape initialise a
+            `model_dir` without checkpoints (see `pipeline.warm_start`); ignored when resuming.
+        warm_start_optimizer: also carry the source's optimizer state (its step and slots).
 
     Raises:
         ConfigError: `config` is invalid or differs from the model saved in `model_dir`.
@@ -58,6 +56,8 @@ class Estimator:
         config: ExperimentConfig,
         model_dir: str | os.PathLike,
         strategy: tf.distribute.Strategy | None = None,
+        warm_start_from: str | os.PathLike | None = None,
+        warm_start_optimizer: bool = False,
     ) -> None:
         self.config = config.validate()
         self.model_dir = model_dir_files.check_usable(model_dir)
@@ -67,7 +67,7 @@ class Estimator:
         keras.utils.set_random_seed(config.train.seed)
         with self.strategy.scope():
             self.model = model_fn(config.model)
-            self.optimizer = _make_optimizer(config.train)
+            self.optimizer = make_optimizer(config.train)
             self.optimizer.build(self.model.trainable_variables)
             self.global_step = tf.Variable(
                 0,
@@ -89,21 +89,38 @@ class Estimator:
             max_to_keep=config.train.keep_checkpoint_max,
             step_counter=self.global_step,
         )
-        self._restore_latest()
+        # The best evaluation's checkpoint lives apart, where `keep_checkpoint_max` does not reach it.
+        self._best_manager = tf.train.CheckpointManager(
+            self._checkpoint,
+            directory=str(checkpoint_dir / BEST_DIR),
+            max_to_keep=1,
+            step_counter=self.global_step,
+        )
+        self.warm_start_report: WarmStartReport | None = None
+        if not self._restore_latest() and warm_start_from is not None:
+            with self.strategy.scope():
+                self.warm_start_report = warm_start(
+                    self.model, self.optimizer, warm_start_from, warm_start_optimizer
+                )
+            for line in self.warm_start_report.lines():
+                logging.info("%s", line)
         self._train_steps_fn: Callable | None = None
         self._eval_batch_fn: Callable | None = None
         self._eval_metrics = {head.name: head.create_metrics() for head in self.model.heads}
+        self._stop_reason: str | None = None
 
     # -- checkpoints ------------------------------------------------------------------------------
 
-    def _restore_latest(self) -> None:
+    def _restore_latest(self) -> bool:
         latest = tf.train.latest_checkpoint(str(self.model_dir))
         if latest is None:
-            return
-        self._checkpoint.restore(latest).assert_existing_objects_matched()
-        # The learning rate is a flag, not state: a resumed run may lower it.
-        self.optimizer.learning_rate = self.config.train.learning_rate
-        logging.info("Restored %s (step %d).", latest, int(self.global_step.numpy()))
+            return False
+        self._restore(latest)
+        return True
+
+    def _restore(self, path: str) -> None:
+        self._checkpoint.restore(path).assert_existing_objects_matched()
+        logging.info("Restored %s (step %d).", path, self.step)
 
     @property
     def step(self) -> int:
@@ -114,6 +131,43 @@ class Estimator:
             raise ModelDirError(
                 f"No checkpoint in --model_dir={self.model_dir}; run `mtl train` there first."
             )
+
+    def checkpoint_path(self, checkpoint: str = "latest") -> str:
+        """The checkpoint `latest`, `best` (the best evaluation of `train_and_evaluate`) or `<step>` names.
+
+        Raises:
+            ModelDirError: there is no such checkpoint; the message lists the steps there are.
+        """
+        self._require_trained()
+        if checkpoint == "latest":
+            return tf.train.latest_checkpoint(str(self.model_dir))
+        if checkpoint == "best":
+            best = tf.train.latest_checkpoint(str(self.model_dir / BEST_DIR))
+            if best is None:
+                raise ModelDirError(
+                    f"{self.model_dir} has no best checkpoint: `mtl train_and_evaluate` keeps one in "
+                    f"{self.model_dir / BEST_DIR}."
+                )
+            return best
+        steps = model_dir_files.checkpoint_steps(self.model_dir)
+        if not checkpoint.isdigit():
+            raise ModelDirError(f"--checkpoint={checkpoint} must be {CHECKPOINT_CHOICES}.")
+        if int(checkpoint) not in steps:
+            raise ModelDirError(
+                f"--checkpoint={checkpoint}: {self.model_dir} has no checkpoint of step {checkpoint}; it has "
+                f"steps {', '.join(map(str, steps))} (and latest, best)."
+            )
+        return str(self.model_dir / f"ckpt-{int(checkpoint)}")
+
+    def restore(self, checkpoint: str = "latest") -> str:
+        """Loads the checkpoint `checkpoint` names (see `checkpoint_path`) for evaluation or export.
+
+        Training after restoring an older checkpoint would continue from it; `train` is meant to run on the
+        latest one.
+        """
+        path = self.checkpoint_path(checkpoint)
+        self._restore(path)
+        return path
 
     # -- training ---------------------------------------------------------------------------------
 
@@ -154,6 +208,11 @@ class Estimator:
             return tf.summary.create_noop_writer()
         return tf.summary.create_file_writer(str(self.model_dir / name))
 
+    def request_stop(self, reason: str) -> None:
+        """Asks `train` to stop after the running group of steps, save a checkpoint and raise
+        `TrainingStopped`. Safe to call from a signal handler."""
+        self._stop_reason = reason
+
     def train(self, input_fn: InputFn, max_steps: int) -> dict[str, Any]:
         """Trains until the global step reaches `max_steps` (a total, as in the Estimator).
 
@@ -165,39 +224,42 @@ class Estimator:
             `{"global_step", "loss", "task_losses", "examples_per_sec"}` of the last report, with
             `steady_examples_per_sec` from the first report to the last (start-up excluded), or just
             `{"global_step"}` when there was nothing to train.
+
+        Raises:
+            TrainingStopped: `request_stop` was called; a checkpoint of the step reached was saved.
         """
+        return self._train(input_fn, max_steps, max_steps)
+
+    def _train(self, input_fn: InputFn, until: int, max_steps: int) -> dict[str, Any]:
+        """Trains up to step `until`, reporting progress towards `max_steps`."""
         check_positive_int("max_steps", max_steps)
         start = self.step
-        if start >= max_steps:
-            logging.info("Already at step %d >= --max_steps=%d; nothing to train.", start, max_steps)
+        if start >= until:
+            logging.info("Already at step %d >= %d; nothing to train.", start, until)
             return {"global_step": start}
         if self.is_chief:
             model_dir_files.save_config(self.model_dir, self.config)
         if self._train_steps_fn is None:
             self._train_steps_fn = self._build_train_steps()
         train_config = self.config.train
-        dataset = self.strategy.distribute_datasets_from_function(
-            lambda context: input_fn(context, start)
-        )
+        dataset = self.strategy.distribute_datasets_from_function(lambda context: input_fn(context, start))
         iterator = iter(dataset)
-        progress = TrainingProgress(
-            start, max_steps, self.config.train.batch_size, self._summary_writer("train")
-        )
+        progress = TrainingProgress(start, max_steps, train_config.batch_size, self._summary_writer("train"))
         logging.info(
             "Training %s from step %d to %d (batch %d) in %s",
             self.config.model.architecture,
             start,
-            max_steps,
+            until,
             train_config.batch_size,
             self.model_dir,
         )
         step, result = start, {}
         boundaries = (train_config.log_every_steps, train_config.save_checkpoints_steps)
-        while step < max_steps:
-            next_stop = min([max_steps] + [(step // every + 1) * every for every in boundaries])
+        while step < until:
+            next_stop = min([until] + [(step // every + 1) * every for every in boundaries])
             total, task_losses = self._train_steps_fn(iterator, tf.constant(next_stop - step))
             step = self.step
-            if step % train_config.log_every_steps == 0 or step == max_steps:
+            if step % train_config.log_every_steps == 0 or step == until:
                 task_values = {name: float(value) for name, value in task_losses.items()}
                 progress.report(step, float(total), task_values, float(self.optimizer.learning_rate.numpy()))
                 result = {
@@ -207,9 +269,11 @@ class Estimator:
                     "examples_per_sec": progress.examples_per_sec,
                     "steady_examples_per_sec": progress.steady_examples_per_sec,
                 }
-            if step % train_config.save_checkpoints_steps == 0 or step == max_steps:
+            if step % train_config.save_checkpoints_steps == 0 or step == until or self._stop_reason:
                 path = self._manager.save(checkpoint_number=step)
                 logging.info("Saved checkpoint %s", path)
+            if self._stop_reason:
+                raise TrainingStopped(step, self._stop_reason)
         return result
 
     # -- evaluation -------------------------------------------------------------------------------
@@ -262,9 +326,11 @@ class Estimator:
                 metric.reset_state()
         started = time.perf_counter()
         examples = 0
+        progress = PassProgress(f"Evaluating the {split} split at step {self.step}", "examples")
         dataset = self.strategy.distribute_datasets_from_function(lambda context: input_fn(context, 0))
         for features, labels, weights in dataset:
             examples += int(self._eval_batch_fn(features, labels, weights))
+            progress.update(examples)
         tasks = {
             name: {
                 metric_name: int(metric.result()) if metric_name == heads.EXAMPLES else float(metric.result())
@@ -301,6 +367,51 @@ class Estimator:
                         tf.summary.scalar(f"{metric_name}/{name}", value)
         return results
 
+    def evaluate_continuously(
+        self,
+        input_fn: InputFn,
+        max_steps: int,
+        timeout_secs: float,
+        split: str = "eval",
+        files: tuple[str, ...] = (),
+        after_step: int | None = None,
+        poll_secs: float = 1.0,
+    ) -> Iterator[dict[str, Any]]:
+        """Evaluates every checkpoint once, oldest first, as it appears (the Estimator's evaluator task);
+        yields each evaluation's results.
+
+        Args:
+            after_step: evaluate the checkpoints of later steps; None: the latest one now and every newer.
+
+        Stops after evaluating a checkpoint at or past `max_steps`, or when no new checkpoint appeared for
+        `timeout_secs`. A checkpoint deleted (by `keep_checkpoint_max`) before its turn is skipped with a
+        warning.
+        """
+        check_positive_int("max_steps", max_steps)
+        if after_step is None:
+            existing = model_dir_files.checkpoint_steps(self.model_dir)
+            after_step = existing[-2] if len(existing) > 1 else -1
+        waited_since = time.monotonic()
+        while True:
+            for step in model_dir_files.checkpoint_steps(self.model_dir):
+                if step <= after_step:
+                    continue
+                after_step = step
+                path = str(self.model_dir / f"ckpt-{step}")
+                try:
+                    self._restore(path)
+                except (tf.errors.NotFoundError, ValueError, AssertionError) as error:
+                    logging.warning("Skipped %s, deleted before it could be evaluated: %s", path, error)
+                    continue
+                yield self.evaluate(input_fn, split, files)
+                waited_since = time.monotonic()
+                if step >= max_steps:
+                    return
+            if time.monotonic() - waited_since > timeout_secs:
+                logging.info("No new checkpoint in %s for %gs; stopping.", self.model_dir, timeout_secs)
+                return
+            time.sleep(poll_secs)
+
     def train_and_evaluate(
         self,
         train_input_fn: InputFn,
@@ -308,25 +419,105 @@ class Estimator:
         max_steps: int,
         eval_every_steps: int,
         eval_files: tuple[str, ...] = (),
+        export_best: str | os.PathLike | None = None,
+        exports_to_keep: int | None = None,
     ) -> dict[str, Any]:
-        """Alternates training for `eval_every_steps` and evaluating, until `max_steps`.
+        """Alternates training for `eval_every_steps` and evaluating, until `max_steps` or early stopping.
+
+        Every evaluation is kept in `model_dir/eval_history.json`. The checkpoint of the best one by
+        `train.best_metric` is kept in `model_dir/best/` (with `best.json`), where `keep_checkpoint_max`
+        does not delete it, and with `export_best` each new best is also exported there as a new version.
+        With `train.early_stopping_metric`, training stops once it has not improved for
+        `train.early_stopping_patience` evaluations; the history keeps that decision, so a rerun of the same
+        `model_dir` stops at once (unless given more patience).
 
         Returns:
-            The last evaluation's results.
+            The last evaluation's results, with `stopped_early` holding the reason when training stopped
+            early.
+
+        Raises:
+            TrainingStopped: `request_stop` was called during training.
         """
         check_positive_int("eval_every_steps", eval_every_steps)
         check_positive_int("max_steps", max_steps)
-        results: dict[str, Any] = {}
+        history = model_dir_files.read_json(self.model_dir / model_dir_files.EVAL_HISTORY_FILE, default=[])
+        history = [results for results in history if results["global_step"] <= self.step]
+        reason = self._stop_early(history)
+        if reason:
+            logging.info("Stopped early before: %s. Nothing to train.", reason)
+            return {**history[-1], "stopped_early": reason}
         while True:
             target = min(max_steps, (self.step // eval_every_steps + 1) * eval_every_steps)
-            self.train(train_input_fn, target)
+            self._train(train_input_fn, target, max_steps)
             results = self.evaluate(eval_input_fn, "eval", eval_files)
+            history = [r for r in history if r["global_step"] != results["global_step"]] + [results]
+            if self.is_chief:
+                model_dir_files.write_json_atomically(
+                    self.model_dir / model_dir_files.EVAL_HISTORY_FILE, history
+                )
+            self._keep_if_best(results, export_best, exports_to_keep)
+            reason = self._stop_early(history)
+            if reason:
+                logging.info("Stopping early at step %d: %s.", self.step, reason)
+                return {**results, "stopped_early": reason}
             if self.step >= max_steps:
                 return results
+
+    def _stop_early(self, history: list[dict[str, Any]]) -> str | None:
+        train = self.config.train
+        if not train.early_stopping_metric or not history:
+            return None
+        return early_stopping.stop_reason(
+            history,
+            train.early_stopping_metric,
+            train.early_stopping_patience,
+            train.early_stopping_min_delta,
+            train.early_stopping_mode,
+        )
+
+    def best_metric(self) -> tuple[str, str]:
+        """The metric the best checkpoint is chosen by, and its direction (`max` or `min`)."""
+        train = self.config.train
+        metric = train.best_metric or train.early_stopping_metric or "loss"
+        mode = train.early_stopping_mode if metric == train.early_stopping_metric else "auto"
+        return metric, early_stopping.direction(metric, mode)
+
+    def _keep_if_best(
+        self, results: dict[str, Any], export_best: str | os.PathLike | None, exports_to_keep: int | None
+    ) -> None:
+        metric, mode = self.best_metric()
+        value = early_stopping.metric_value(results, metric)
+        best_file = self.model_dir / BEST_DIR / model_dir_files.BEST_FILE
+        best = model_dir_files.read_json(best_file, default=None)
+        if best is not None and best["metric"] == metric:
+            if math.isnan(value) or not (value > best["value"] if mode == "max" else value < best["value"]):
+                return
+        elif best is not None:
+            logging.warning(
+                "The best checkpoint was chosen by %s; from now on by %s.", best["metric"], metric
+            )
+        path = self._best_manager.save(checkpoint_number=self.step)
+        if not self.is_chief:
+            return
+        model_dir_files.write_json_atomically(
+            best_file,
+            {
+                "metric": metric,
+                "mode": mode,
+                "value": value,
+                "global_step": self.step,
+                "checkpoint": Path(path).name,
+                "results": results,
+            },
+        )
+        logging.info("New best %s %.6g at step %d: kept in %s", metric, value, self.step, path)
+        if export_best is not None:
+            export.export_saved_model(self.model, export_best, exports_to_keep=exports_to_keep)
 
     # -- export -----------------------------------------------------------------------------------
 
     def export(self, export_base: str | os.PathLike, exports_to_keep: int | None = None) -> Path:
-        """Writes the latest checkpoint as `<export_base>/<version>/` (see `pipeline.export`)."""
+        """Writes the loaded checkpoint (the latest, unless `restore` chose another) as
+        `<export_base>/<version>/` (see `pipeline.export`)."""
         self._require_trained()
         return export.export_saved_model(self.model, export_base, exports_to_keep=exports_to_keep)

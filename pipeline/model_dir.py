@@ -1,6 +1,7 @@
 """What a `model_dir` holds besides checkpoints: the resolved config and the evaluation results.
 
-Checkpoints sit at the top (`ckpt-N.*`, `checkpoint`), TensorBoard events in `train/` and `eval/`.
+Checkpoints sit at the top (`ckpt-N.*`, `checkpoint`), the best evaluation's in `best/` with `best.json`,
+TensorBoard events in `train/` and `eval/`, and `train_and_evaluate`'s evaluations in `eval_history.json`.
 """
 
 from __future__ import annotations
@@ -12,10 +13,14 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import tensorflow as tf
+
 from pipeline.config import ExperimentConfig
 from pipeline.errors import ConfigError, ModelDirError
 
 CONFIG_FILE = "config.json"
+EVAL_HISTORY_FILE = "eval_history.json"
+BEST_FILE = "best.json"
 
 
 def results_file(split: str) -> str:
@@ -37,6 +42,30 @@ def write_json_atomically(path: Path, payload: Any) -> None:
     with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as f:
         f.write(text)
     os.replace(f.name, path)
+
+
+def read_json(path: Path, default: Any) -> Any:
+    """A JSON file's content, or `default` when there is no such file."""
+    if not path.exists():
+        return default
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ModelDirError(f"{path} is not valid JSON ({error}); remove it or restore it.") from None
+
+
+def checkpoint_steps(model_dir: str | os.PathLike) -> list[int]:
+    """The steps of the complete checkpoints in `model_dir`, oldest first (those its `checkpoint` file
+    lists: a checkpoint is listed only once written)."""
+    state = tf.train.get_checkpoint_state(str(model_dir))
+    if state is None:
+        return []
+    steps = []
+    for path in state.all_model_checkpoint_paths:
+        number = Path(path).name.rpartition("-")[2]
+        if number.isdigit():
+            steps.append(int(number))
+    return sorted(set(steps))
 
 
 def load_config(model_dir: str | os.PathLike) -> ExperimentConfig | None:

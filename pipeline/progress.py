@@ -76,3 +76,36 @@ class TrainingProgress:
             tf.summary.scalar("steps_per_sec", steps_per_sec)
             tf.summary.scalar("examples_per_sec", self.examples_per_sec)
         self.writer.flush()
+
+
+class PassProgress:
+    """Logs how far a pass over data (reading, statistics, conversion, evaluation) has come, at most every
+    `every_secs`, so a long pass is never silent; a short one logs nothing.
+
+    Args:
+        what: what the pass does, e.g. "Reading train.csv".
+        unit: what is counted, e.g. "rows".
+        total: the count at the end, when known beforehand (adds a percentage).
+    """
+
+    def __init__(self, what: str, unit: str, total: int | None = None, every_secs: float = 5.0) -> None:
+        self.what, self.unit, self.total, self.every_secs = what, unit, total, every_secs
+        self._started = self._last = time.perf_counter()
+
+    def update(self, done: int) -> None:
+        now = time.perf_counter()
+        if now - self._last < self.every_secs:
+            return
+        self._last = now
+        share = f" ({100 * done // self.total}%)" if self.total else ""
+        elapsed = now - self._started
+        logging.info(
+            "%s: %s %s%s in %.0fs, %s %s/s",
+            self.what,
+            f"{done:,}",
+            self.unit,
+            share,
+            elapsed,
+            f"{done / elapsed:,.0f}",
+            self.unit,
+        )

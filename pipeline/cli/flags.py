@@ -8,15 +8,18 @@ training flags given explicitly replace the saved ones (a resumed run may, say, 
 from __future__ import annotations
 
 import dataclasses
+import textwrap
 from collections.abc import Callable
 from typing import Any
 
-from absl import flags
+from absl import flags, logging
 
-from pipeline import data
+from pipeline import data, warm_start
 from pipeline import model_dir as model_dir_files
 from pipeline.config import (
+    LEARNING_RATE_SCHEDULES,
     LOSSES_BY_TYPE,
+    METRIC_MODES,
     DataConfig,
     ExperimentConfig,
     ModelConfig,
@@ -26,7 +29,6 @@ from pipeline.config import (
     TrainConfig,
 )
 from pipeline.data import census, tabular
-from pipeline.data.schema import load_schema, schema_to_dict
 from pipeline.distribute import STRATEGIES
 from pipeline.errors import ConfigError
 from serving import config as serving_config
@@ -37,9 +39,32 @@ FLAGS = flags.FLAGS
 # -- where and how long ---------------------------------------------------------------------------
 flags.DEFINE_string("model_dir", None, "Directory of checkpoints, events, config.json and results.")
 flags.DEFINE_integer("max_steps", 2000, "Total training steps; a resumed run continues up to it.")
+flags.DEFINE_float(
+    "num_epochs", None, "Train for this many passes over the training split instead of --max_steps."
+)
 flags.DEFINE_integer("eval_every_steps", 1000, "train_and_evaluate: steps between evaluations.")
 flags.DEFINE_string("export_base", None, "Export base path (default: <model_dir>/export).")
 flags.DEFINE_integer("exports_to_keep", 0, "Keep only this many newest exports (0 keeps all).")
+flags.DEFINE_string(
+    "checkpoint", "latest", "evaluate, export: the checkpoint to use: latest, best or a step number."
+)
+flags.DEFINE_boolean(
+    "export_best", False, "train_and_evaluate: export each new best evaluation to --export_base."
+)
+flags.DEFINE_boolean(
+    "continuous", False, "evaluate: evaluate each new checkpoint once as it appears, until --max_steps."
+)
+flags.DEFINE_float(
+    "timeout_secs", 600.0, "evaluate --continuous: stop after this many seconds without a new checkpoint."
+)
+flags.DEFINE_string(
+    "warm_start_from",
+    None,
+    "A model_dir or checkpoint whose variables of equal name and shape initialise a new --model_dir.",
+)
+flags.DEFINE_boolean(
+    "warm_start_optimizer", False, "With --warm_start_from: also carry the optimizer's step and slots."
+)
 flags.DEFINE_enum(
     "distribution_strategy", "auto", STRATEGIES, "tf.distribute strategy; auto reads TF_CONFIG."
 )
@@ -103,6 +128,53 @@ flags.DEFINE_integer(
     _TRAIN.in_memory_max_mb,
     "Tables whose files take at most this many MiB decoded (gzip and Parquet counted 4x, TFRecord 3x) are "
     "read and preprocessed once into memory; larger ones stream.",
+)
+flags.DEFINE_enum(
+    "learning_rate_schedule",
+    _TRAIN.learning_rate_schedule,
+    LEARNING_RATE_SCHEDULES,
+    "How the learning rate moves: constant, exponential, cosine or piecewise.",
+)
+flags.DEFINE_integer(
+    "warmup_steps", _TRAIN.warmup_steps, "Steps of linear warm-up to the schedule's first rate."
+)
+flags.DEFINE_integer(
+    "decay_steps",
+    _TRAIN.decay_steps,
+    "exponential: steps per --decay_rate; cosine: steps to decay over (default: --max_steps less warm-up).",
+)
+flags.DEFINE_float("decay_rate", _TRAIN.decay_rate, "exponential: factor per --decay_steps.")
+flags.DEFINE_float("cosine_alpha", _TRAIN.cosine_alpha, "cosine: final rate, as a fraction of the first.")
+flags.DEFINE_list("piecewise_boundaries", [], "piecewise: steps where the rate changes, e.g. 1000,2000.")
+flags.DEFINE_list(
+    "piecewise_values", [], "piecewise: the rates, one more than boundaries, e.g. 0.01,0.001,0.0001."
+)
+
+# -- early stopping and the best checkpoint ---------------------------------------------------------
+flags.DEFINE_string(
+    "early_stopping_metric",
+    "",
+    "train_and_evaluate: stop when this metric stops improving: loss, <task>/loss, <task>/auc, ...",
+)
+flags.DEFINE_enum(
+    "early_stopping_mode",
+    _TRAIN.early_stopping_mode,
+    METRIC_MODES,
+    "Whether the metric should rise (max) or fall (min); auto: AUC rises, losses and errors fall.",
+)
+flags.DEFINE_integer(
+    "early_stopping_patience",
+    _TRAIN.early_stopping_patience,
+    "Evaluations without improvement to stop after.",
+)
+flags.DEFINE_float(
+    "early_stopping_min_delta", _TRAIN.early_stopping_min_delta, "Smallest change that counts as improvement."
+)
+flags.DEFINE_string(
+    "best_metric",
+    "",
+    "train_and_evaluate: the metric choosing the best checkpoint (default: the early-stopping metric, "
+    "else loss).",
 )
 
 
@@ -233,14 +305,14 @@ def _tabular_config() -> TabularDataConfig:
         raise ConfigError("--split takes train/eval/test percentages, such as 80/10/10.")
     if not FLAGS.split and not FLAGS.eval_files:
         raise ConfigError(f"--data={FLAGS.data} needs --eval_files, or --split=80/10/10 to carve them out.")
-    train_files = _files("train_files")
-    schema = tabular.resolve_columns(load_schema(FLAGS.schema), train_files, FLAGS.data)
-    return TabularDataConfig(
-        format=FLAGS.data,
-        train_files=train_files,
-        eval_files=_files("eval_files"),
-        test_files=_files("test_files"),
-        schema=schema_to_dict(schema),
+    for flag in ("train_files", "eval_files", "test_files"):
+        _files(flag)
+    return data.table_config(
+        FLAGS.data,
+        FLAGS.schema,
+        FLAGS.train_files,
+        FLAGS.eval_files,
+        FLAGS.test_files,
         split=FLAGS.split,
         skip_bad_rows=FLAGS.skip_bad_rows,
     )
@@ -283,7 +355,7 @@ def config_from_flags(with_features: bool = True) -> ExperimentConfig:
     """
     data_config = _data_config()
     data_config.validate()
-    train = TrainConfig(**{field.name: FLAGS[field.name].value for field in _TRAIN_FIELDS})
+    train = TrainConfig(**{field.name: _train_flag(field.name) for field in _TRAIN_FIELDS})
     model = ModelConfig(
         architecture=FLAGS.model,
         features=data.features(data_config, train) if with_features else (),
@@ -299,6 +371,22 @@ def config_from_flags(with_features: bool = True) -> ExperimentConfig:
 
 
 _TRAIN_FIELDS = dataclasses.fields(TrainConfig)
+
+
+def _train_flag(name: str) -> Any:
+    """A training flag's value as its `TrainConfig` field holds it."""
+    value = FLAGS[name].value
+    if name == "piecewise_boundaries":
+        return _ints(name, value)
+    if name == "piecewise_values":
+        try:
+            return tuple(float(v) for v in value)
+        except ValueError:
+            raise ConfigError(
+                f"`{name}` must be a comma-separated list of numbers. Received: {name}={','.join(value)}"
+            ) from None
+    return value
+
 
 # Model and data flags, and where each one's value sits in the config.
 _FIXED_FLAGS: dict[str, Callable[[ExperimentConfig], Any]] = {
@@ -343,7 +431,10 @@ def resolve_config(saved: ExperimentConfig | None, config_path: str) -> Experime
         ConfigError: an explicit model or data flag disagrees with the saved config, or a value is bad.
     """
     if saved is None:
-        return config_from_flags().validate()
+        config = config_from_flags()
+        if FLAGS.warm_start_from:
+            config = _warm_start_features(config)
+        return _with_decay_steps(config).validate()
     requested = config_from_flags(with_features=False)
     for flag, value_of in _FIXED_FLAGS.items():
         old, new = value_of(saved), value_of(requested)
@@ -356,8 +447,7 @@ def resolve_config(saved: ExperimentConfig | None, config_path: str) -> Experime
             )
         raise ConfigError(
             f"--{flag} conflicts with {config_path}. Use a new --model_dir, or drop the flag. "
-            "What differs:\n  "
-            + "\n  ".join(model_dir_files.differences(old, new, flag))
+            "What differs:\n  " + "\n  ".join(model_dir_files.differences(old, new, flag))
         )
     train_overrides = {
         field.name: getattr(requested.train, field.name)
@@ -369,7 +459,45 @@ def resolve_config(saved: ExperimentConfig | None, config_path: str) -> Experime
         resolved = dataclasses.replace(
             resolved, data=dataclasses.replace(saved.data, tabular=_moved_files(saved.data))
         )
-    return resolved.validate()
+    return _with_decay_steps(resolved).validate()
+
+
+def max_steps(config: ExperimentConfig) -> int:
+    """The step training ends at: --max_steps, or the steps --num_epochs passes over the data take."""
+    if FLAGS.num_epochs is None:
+        return FLAGS.max_steps
+    if FLAGS["max_steps"].present:
+        raise ConfigError("Give --max_steps or --num_epochs, not both.")
+    if not FLAGS.num_epochs > 0:
+        raise ConfigError(f"--num_epochs must be > 0. Received: --num_epochs={FLAGS.num_epochs}")
+    return data.steps_for_epochs(config.data, FLAGS.num_epochs, config.train.batch_size)
+
+
+def _with_decay_steps(config: ExperimentConfig) -> ExperimentConfig:
+    """Exponential and cosine schedules decay over the whole run (after warm-up) unless told otherwise."""
+    train = config.train
+    if train.learning_rate_schedule not in ("exponential", "cosine") or train.decay_steps:
+        return config
+    decay_steps = max(1, max_steps(config) - train.warmup_steps)
+    return dataclasses.replace(config, train=dataclasses.replace(train, decay_steps=decay_steps))
+
+
+def _warm_start_features(config: ExperimentConfig) -> ExperimentConfig:
+    """The warm-start source's features (vocabularies, statistics) when it has the same inputs: a category
+    keeps its embedding row and a number its normalisation, so fine-tuning on new data continues the model
+    rather than scrambling it."""
+    _, source = warm_start.source(FLAGS.warm_start_from)
+    ours = [(f.name, f.kind, f.dim) for f in config.model.features]
+    theirs = [(f.name, f.kind, f.dim) for f in source.model.features]
+    if ours != theirs:
+        logging.info(
+            "--warm_start_from=%s has other inputs; its embeddings and statistics are not reused.",
+            FLAGS.warm_start_from,
+        )
+        return config
+    return dataclasses.replace(
+        config, model=dataclasses.replace(config.model, features=source.model.features)
+    )
 
 
 def _moved_files(saved: DataConfig) -> TabularDataConfig:
@@ -428,3 +556,160 @@ def server_options() -> ServerOptions:
         metrics_path=metrics_path,
         batching=batching,
     )
+
+
+# -- help -------------------------------------------------------------------------------------------
+# `mtl --help` lists these groups; `mtl STAGE --help` those of the stage. Each flag sits in one group.
+HELP_GROUPS: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
+    (
+        "Where and how long",
+        ("train", "evaluate", "export", "train_and_evaluate", "demo"),
+        ("model_dir", "max_steps", "num_epochs", "distribution_strategy"),
+    ),
+    (
+        "Model",
+        ("train", "train_and_evaluate", "demo"),
+        (
+            "model",
+            "num_experts",
+            "expert_units",
+            "bottom_units",
+            "tower_units",
+            "dropout",
+            "activation",
+            "task_labels",
+            "task_types",
+            "task_losses",
+            "task_weights",
+        ),
+    ),
+    (
+        "Data",
+        ("train", "evaluate", "train_and_evaluate", "demo", "data"),
+        (
+            "data",
+            "data_dir",
+            "census_group",
+            "census_instance_weights",
+            "schema",
+            "train_files",
+            "eval_files",
+            "test_files",
+            "split",
+            "skip_bad_rows",
+            "in_memory_max_mb",
+            "shuffle_buffer",
+            "synthetic_examples",
+            "synthetic_eval_examples",
+            "synthetic_dim",
+            "synthetic_p",
+            "synthetic_c",
+            "synthetic_m",
+            "synthetic_seed",
+        ),
+    ),
+    (
+        "Optimisation and learning-rate schedule",
+        ("train", "train_and_evaluate", "demo"),
+        (
+            "batch_size",
+            "optimizer",
+            "learning_rate",
+            "learning_rate_schedule",
+            "warmup_steps",
+            "decay_steps",
+            "decay_rate",
+            "cosine_alpha",
+            "piecewise_boundaries",
+            "piecewise_values",
+            "seed",
+        ),
+    ),
+    (
+        "Checkpoints, logs and warm start",
+        ("train", "train_and_evaluate", "demo"),
+        (
+            "save_checkpoints_steps",
+            "keep_checkpoint_max",
+            "log_every_steps",
+            "warm_start_from",
+            "warm_start_optimizer",
+        ),
+    ),
+    (
+        "Evaluation, early stopping and the best checkpoint",
+        ("evaluate", "train_and_evaluate", "demo"),
+        (
+            "eval_every_steps",
+            "eval_split",
+            "continuous",
+            "timeout_secs",
+            "early_stopping_metric",
+            "early_stopping_mode",
+            "early_stopping_patience",
+            "early_stopping_min_delta",
+            "best_metric",
+        ),
+    ),
+    (
+        "Export",
+        ("evaluate", "export", "train_and_evaluate", "demo"),
+        ("checkpoint", "export_base", "exports_to_keep", "export_best"),
+    ),
+    ("Data conversion", ("data",), ("shards",)),
+    ("Output", ("predict", "data"), ("output",)),
+    ("The model to serve or query", ("serve", "predict"), ("model_name",)),
+    (
+        "Serving",
+        ("serve", "demo"),
+        (
+            "host",
+            "port",
+            "rest_api_port",
+            "model_base_path",
+            "model_config_file",
+            "file_system_poll_wait_seconds",
+            "enable_model_warmup",
+            "rest_api_timeout_in_ms",
+            "max_request_bytes",
+            "monitoring_config_file",
+            "enable_batching",
+            "batching_parameters_file",
+        ),
+    ),
+    (
+        "Prediction",
+        ("predict",),
+        (
+            "server",
+            "input",
+            "signature_name",
+            "model_version",
+            "version_label",
+            "timeout_seconds",
+            "predict_batch_size",
+        ),
+    ),
+)
+
+
+def help_text(stage: str | None = None, width: int = 100) -> str:
+    """The flags of `mtl` (or of one stage), grouped, each with its default and help."""
+    lines = []
+    for title, stages, names in HELP_GROUPS:
+        if stage is not None and stage not in stages:
+            continue
+        lines.append(f"\n{title} ({', '.join(stages)}):")
+        for name in names:
+            flag = FLAGS[name]
+            default = (flag.default_as_str or "").strip("'")
+            lines.append(
+                textwrap.fill(
+                    flag.help,
+                    width=width,
+                    initial_indent=f"  --{name}={default}  " if default else f"  --{name}  ",
+                    subsequent_indent="      ",
+                    break_on_hyphens=False,
+                )
+            )
+    return "\n".join(lines)

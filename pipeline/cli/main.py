@@ -10,23 +10,25 @@
     mtl data --data=csv --schema=s.json --train_files=a.csv --eval_files=b.csv [--output=DIR]
 
 Later stages read the model config from `model_dir`. `--flagfile=FILE` reads flags from a file (named
-experiments); `mtl --helpfull` lists every flag.
+experiments). `mtl STAGE --help` lists the stage's flags, `mtl --help` every `mtl` flag by group.
 """
 
 from __future__ import annotations
 
-import os
+from pipeline.cli import quiet
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported
+quiet.import_tensorflow()  # first, so that no C++ start-up line reaches the terminal
 
 import contextlib  # noqa: E402
 import dataclasses  # noqa: E402
 import json  # noqa: E402
 import logging as std_logging  # noqa: E402
+import os  # noqa: E402
 import signal  # noqa: E402
 import sys  # noqa: E402
 import threading  # noqa: E402
-from collections.abc import Callable  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable, Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import TextIO  # noqa: E402
 
@@ -38,7 +40,7 @@ from pipeline import data, distribute  # noqa: E402
 from pipeline import model_dir as model_dir_files  # noqa: E402
 from pipeline.cli import flags as cli_flags  # noqa: E402
 from pipeline.data import tabular  # noqa: E402
-from pipeline.errors import ConfigError, UserError  # noqa: E402
+from pipeline.errors import ConfigError, TrainingStopped, UserError  # noqa: E402
 from pipeline.estimator import Estimator  # noqa: E402
 from serving import config as serving_config  # noqa: E402
 from serving import rows  # noqa: E402
@@ -46,6 +48,10 @@ from serving.client import PredictionError, connect  # noqa: E402
 from serving.server import ModelServer  # noqa: E402
 
 FLAGS = cli_flags.FLAGS
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# A stopped training exits with 128 + the signal's number, as a shell reports a process a signal ended:
+# 130 after SIGINT (Ctrl-C), 143 after SIGTERM. Its checkpoint is saved; rerunning resumes.
+STOPPED_EXIT_CODE = 128
 
 
 def _estimator(require_saved: bool) -> Estimator:
@@ -60,7 +66,16 @@ def _estimator(require_saved: bool) -> Estimator:
     config_path = str(Path(FLAGS.model_dir) / model_dir_files.CONFIG_FILE)
     config = cli_flags.resolve_config(saved, config_path)
     strategy = distribute.select_strategy(FLAGS.distribution_strategy)
-    return Estimator(config, FLAGS.model_dir, strategy=strategy)
+    estimator = Estimator(
+        config,
+        FLAGS.model_dir,
+        strategy=strategy,
+        warm_start_from=None if require_saved else FLAGS.warm_start_from,
+        warm_start_optimizer=FLAGS.warm_start_optimizer,
+    )
+    if estimator.warm_start_report is not None:
+        print("\n".join(estimator.warm_start_report.lines()), flush=True)
+    return estimator
 
 
 def _input_fn(estimator: Estimator, split: str) -> data.InputFn:
@@ -100,14 +115,78 @@ def _print_results(results: dict) -> None:
     print(f"  {'total loss':<12} {results['loss']:.4f}")
 
 
+@contextlib.contextmanager
+def _graceful_stop(estimator: Estimator) -> Iterator[None]:
+    """SIGINT and SIGTERM (what Kubernetes sends before preemption) ask training to stop at the end of the
+    running group of steps, with a checkpoint; a second signal ends the process at once."""
+
+    def stop(signum: int, _frame: object) -> None:
+        for each in _STOP_SIGNALS:
+            signal.signal(each, signal.SIG_DFL)
+        name = signal.Signals(signum).name
+        print(
+            f"{name}: stopping after the running steps (again to stop at once).", file=sys.stderr, flush=True
+        )
+        estimator.request_stop(name)
+
+    previous = {signum: signal.signal(signum, stop) for signum in _STOP_SIGNALS}
+    try:
+        yield
+    except TrainingStopped as stopped:
+        logging.flush()
+        print(
+            f"mtl: stopped by {stopped.reason} at step {stopped.step}; saved a checkpoint of step "
+            f"{stopped.step}. Run the same command again to resume.",
+            file=sys.stderr,
+        )
+        sys.exit(STOPPED_EXIT_CODE + signal.Signals[stopped.reason].value)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 def train() -> None:
     estimator = _estimator(require_saved=False)
-    estimator.train(_input_fn(estimator, "train"), FLAGS.max_steps)
+    with _graceful_stop(estimator):
+        estimator.train(_input_fn(estimator, "train"), cli_flags.max_steps(estimator.config))
 
 
 def evaluate() -> None:
+    if FLAGS.continuous:
+        _evaluate_continuously()
+        return
     estimator = _estimator(require_saved=True)
+    estimator.restore(FLAGS.checkpoint)
     _print_results(_evaluate(estimator, FLAGS.eval_split))
+
+
+def _evaluate_continuously() -> None:
+    """The evaluator beside a training job: it may start before the trainer has written anything."""
+    if FLAGS["checkpoint"].present:
+        raise ConfigError("--continuous evaluates each new checkpoint; it takes no --checkpoint.")
+    if not FLAGS.model_dir:
+        raise ConfigError("--model_dir is required.")
+    existing = model_dir_files.checkpoint_steps(FLAGS.model_dir)
+    deadline = time.monotonic() + FLAGS.timeout_secs
+    while model_dir_files.load_config(FLAGS.model_dir) is None:
+        if time.monotonic() > deadline:
+            raise ConfigError(
+                f"No training started in --model_dir={FLAGS.model_dir} in {FLAGS.timeout_secs:g}s."
+            )
+        time.sleep(1.0)
+    estimator = _estimator(require_saved=True)
+    split = FLAGS.eval_split
+    results = estimator.evaluate_continuously(
+        _input_fn(estimator, split),
+        max_steps=cli_flags.max_steps(estimator.config),
+        timeout_secs=FLAGS.timeout_secs,
+        split=split,
+        files=_split_files(estimator, split),
+        after_step=existing[-2] if len(existing) > 1 else -1,
+    )
+    for each in results:
+        _print_results(each)
+        sys.stdout.flush()
 
 
 def _export_base() -> str:
@@ -116,20 +195,26 @@ def _export_base() -> str:
 
 def export() -> Path:
     estimator = _estimator(require_saved=True)
+    checkpoint = estimator.restore(FLAGS.checkpoint)
     path = estimator.export(_export_base(), exports_to_keep=FLAGS.exports_to_keep)
-    print(f"Exported {path}")
+    print(f"Exported {path} from {checkpoint}")
     return path
 
 
 def train_and_evaluate() -> None:
     estimator = _estimator(require_saved=False)
-    results = estimator.train_and_evaluate(
-        _input_fn(estimator, "train"),
-        _input_fn(estimator, "eval"),
-        max_steps=FLAGS.max_steps,
-        eval_every_steps=FLAGS.eval_every_steps,
-        eval_files=_split_files(estimator, "eval"),
-    )
+    with _graceful_stop(estimator):
+        results = estimator.train_and_evaluate(
+            _input_fn(estimator, "train"),
+            _input_fn(estimator, "eval"),
+            max_steps=cli_flags.max_steps(estimator.config),
+            eval_every_steps=FLAGS.eval_every_steps,
+            eval_files=_split_files(estimator, "eval"),
+            export_best=_export_base() if FLAGS.export_best else None,
+            exports_to_keep=FLAGS.exports_to_keep,
+        )
+    if "stopped_early" in results:
+        print(f"Stopped early: {results['stopped_early']}.")
     _print_results(results)
 
 
@@ -242,7 +327,17 @@ STAGES: dict[str, Callable[[], None]] = {
 
 
 def _usage() -> str:
-    return f"usage: mtl STAGE [--flags]; STAGE is one of {', '.join(STAGES)}. See mtl --helpfull."
+    return f"usage: mtl STAGE [--flags]; STAGE is one of {', '.join(STAGES)}. See mtl --help."
+
+
+def _help(argv: list[str]) -> str:
+    """`mtl --help`: the module's usage and every `mtl` flag by group; `mtl STAGE --help`: that stage's."""
+    stage = next((arg for arg in argv[1:] if arg in STAGES), None)
+    heading = f"mtl {stage} [--flags]" if stage else (__doc__ or "").strip()
+    footer = (
+        "\n\n--flagfile=FILE reads flags from a file; --helpfull lists every flag, TensorFlow's included."
+    )
+    return heading + "\n" + cli_flags.help_text(stage) + footer
 
 
 def main(argv: list[str]) -> None:
@@ -259,6 +354,10 @@ def main(argv: list[str]) -> None:
         logging.flush()
         print(f"mtl {stage}: error: {error}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        logging.flush()
+        print(f"mtl {stage}: interrupted.", file=sys.stderr)
+        sys.exit(STOPPED_EXIT_CODE + signal.SIGINT)
 
 
 class _HideLibraryInfo(std_logging.Filter):
@@ -279,11 +378,11 @@ def run() -> None:
     """Console entry point (`mtl`)."""
     tf.get_logger().setLevel("WARNING")
     logging.get_absl_handler().addFilter(_HideLibraryInfo())
-    # absl prints the __main__ module's docstring as usage, and its short help lists only flags defined
-    # in __main__ (none here), so usage is this module's docstring and --help shows every flag.
-    sys.modules["__main__"].__doc__ = __doc__
-    argv = ["--helpfull" if arg in ("-h", "--help", "-?") else arg for arg in sys.argv]
-    app.run(main, argv=argv)
+    if any(arg in ("-h", "--help", "-?", "--helpshort") for arg in sys.argv[1:]):
+        print(_help(sys.argv))
+        sys.exit(0)
+    sys.modules["__main__"].__doc__ = __doc__  # absl's --helpfull prints it as the usage
+    app.run(main, argv=sys.argv)
 
 
 if __name__ == "__main__":

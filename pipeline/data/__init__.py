@@ -10,15 +10,24 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable
+import math
+import os
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from pipeline.config import DataConfig, ExperimentConfig, FeatureConfig, TaskConfig, TrainConfig
-from pipeline.data import formats, in_memory, synthetic
-from pipeline.data.schema import schema_from_dict
+from pipeline.config import (
+    DataConfig,
+    ExperimentConfig,
+    FeatureConfig,
+    TabularDataConfig,
+    TaskConfig,
+    TrainConfig,
+)
+from pipeline.data import formats, in_memory, synthetic, tabular
+from pipeline.data.schema import Schema, load_schema, schema_from_dict, schema_to_dict
 from pipeline.data.tabular import TabularData
 from pipeline.errors import UnknownNameError
 from pipeline.features import Preprocessor
@@ -45,6 +54,31 @@ def table(config: DataConfig) -> TabularData:
     return _TABLES[key]
 
 
+def table_config(
+    file_format: str,
+    schema: str | os.PathLike | Schema,
+    train_files: Sequence[str],
+    eval_files: Sequence[str] = (),
+    test_files: Sequence[str] = (),
+    split: str = "",
+    skip_bad_rows: bool = False,
+) -> TabularDataConfig:
+    """The config of a table in `csv`, `tfrecord` or `parquet` files: file patterns expanded to absolute
+    paths, and the schema (a JSON file or a `Schema`) given its column order (a CSV header's, by default).
+    `split` carves eval and test rows out of `train_files` (see `TabularDataConfig`)."""
+    loaded = schema if isinstance(schema, Schema) else load_schema(schema)
+    train = tabular.expand_patterns("train_files", train_files)
+    return TabularDataConfig(
+        format=file_format,
+        train_files=train,
+        eval_files=tabular.expand_patterns("eval_files", eval_files),
+        test_files=tabular.expand_patterns("test_files", test_files),
+        schema=schema_to_dict(tabular.resolve_columns(loaded, train, file_format)),
+        split=split,
+        skip_bad_rows=skip_bad_rows,
+    )
+
+
 def features(config: DataConfig, train: TrainConfig | None = None) -> tuple[FeatureConfig, ...]:
     """The raw input features the model takes; for tables, with statistics from the training split.
 
@@ -56,6 +90,20 @@ def features(config: DataConfig, train: TrainConfig | None = None) -> tuple[Feat
     data = table(config)
     max_mb = (train or TrainConfig()).in_memory_max_mb
     return data.feature_configs(in_memory=data.fits_in_memory("train", max_mb))
+
+
+def rows(config: DataConfig, split: str = "train") -> int:
+    """How many examples `split` holds (for a table not yet read, a pass over its files)."""
+    _check_source(config)
+    if config.source == "synthetic":
+        return config.synthetic.num_examples if split == "train" else config.synthetic.eval_examples
+    return table(config).rows(split)
+
+
+def steps_for_epochs(config: DataConfig, num_epochs: float, batch_size: int) -> int:
+    """The training steps that make `num_epochs` passes over the training split in batches of `batch_size`
+    (the last one rounded up)."""
+    return max(1, math.ceil(num_epochs * rows(config, "train") / batch_size))
 
 
 def tasks(config: DataConfig) -> tuple[TaskConfig, ...]:

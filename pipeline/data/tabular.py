@@ -24,10 +24,9 @@ from pipeline.data.formats import DataError, FileChunk, csv_files
 from pipeline.data.schema import Schema, schema_from_dict
 from pipeline.data.statistics import Statistics
 from pipeline.errors import ConfigError
+from pipeline.progress import PassProgress
 
 __all__ = ["DataError", "TabularData", "expand_patterns", "resolve_columns"]
-
-_PROGRESS_ROWS = 1_000_000
 
 
 def matches(pattern: str) -> bool:
@@ -73,6 +72,7 @@ class TabularData:
         self._columns: dict[str, dict[str, np.ndarray]] = {}
         self._bad_rows: dict[tuple[str, ...], dict[str, list[int]]] = {}
         self._encoded: dict[tuple[str, tuple[FeatureConfig, ...]], tuple] = {}
+        self._rows: dict[str, int] = {}
 
     def files(self, split: str) -> tuple[str, ...]:
         files = self.config.files(split)
@@ -105,7 +105,8 @@ class TabularData:
             yield from self._chunks[files]
             return
         bad: dict[str, list[int]] = {}
-        rows, started = 0, time.perf_counter()
+        rows = 0
+        progress = PassProgress(f"Reading {', '.join(files)}", "rows")
         for path in files:
             for chunk in self.format.read(path, self.schema):
                 if chunk.bad_rows:
@@ -116,11 +117,8 @@ class TabularData:
                             "Fix the row, or pass --skip_bad_rows to skip such rows."
                         )
                     bad.setdefault(path, []).extend(line for line, _ in chunk.bad_rows)
-                before, rows = rows, rows + len(chunk.positions)
-                if rows // _PROGRESS_ROWS > before // _PROGRESS_ROWS:
-                    logging.info(
-                        "Read %d rows of %s in %.0fs", rows, ", ".join(files), time.perf_counter() - started
-                    )
+                rows += len(chunk.positions)
+                progress.update(rows)
                 yield path, chunk
         self._bad_rows[files] = bad
         total = sum(map(len, bad.values()))
@@ -177,9 +175,22 @@ class TabularData:
     def statistics(self, split: str = "train", in_memory: bool = True) -> Statistics:
         """One pass over `split`: from memory when it is held there, else chunk by chunk."""
         stats = Statistics(self.schema)
+        progress = PassProgress(f"Statistics of the {split} split", "rows")
         for part in [self.read(split)] if in_memory else self._split_chunks(split):
             stats.add(part)
+            progress.update(stats.rows)
+        self._rows[split] = stats.rows
         return stats
+
+    def rows(self, split: str) -> int:
+        """How many rows `split` holds (a pass over its files unless read or counted before)."""
+        if split in self._columns:
+            return len(self._columns[split][self.schema.used_columns[0]])
+        if split not in self._rows:
+            self._rows[split] = sum(
+                len(part[self.schema.used_columns[0]]) for part in self._split_chunks(split)
+            )
+        return self._rows[split]
 
     def feature_configs(self, in_memory: bool = True) -> tuple[FeatureConfig, ...]:
         """Model inputs with vocabularies and statistics of the train split, after the checks that stop a
@@ -301,11 +312,13 @@ class TabularData:
         options = tf.io.TFRecordOptions(compression_type="GZIP")
         writers = [tf.io.TFRecordWriter(str(p), options) for p in paths]
         row = 0
+        progress = PassProgress(f"Writing the {split} split to {output_dir}", "rows")
         try:
             for columns in self._split_chunks(split):
                 for index in range(len(columns[self.schema.used_columns[0]])):
                     writers[row % shards].write(_example(columns, index).SerializeToString())
                     row += 1
+                progress.update(row)
         finally:
             for writer in writers:
                 writer.close()

@@ -1,0 +1,83 @@
+"""Which evaluation is best, and when training has stopped improving.
+
+Both are pure functions of the evaluations so far, which `train_and_evaluate` keeps in
+`model_dir/eval_history.json`: a rerun reaches the same decision, and a rerun with more patience trains on.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from pipeline.errors import ConfigError
+
+_HIGHER_IS_BETTER = ("auc",)
+
+
+def direction(metric: str, mode: str = "auto") -> str:
+    """`max` or `min`: `mode` itself, or for `auto` what the metric's name implies (AUC up, the rest down)."""
+    if mode != "auto":
+        return mode
+    return "max" if metric.rsplit("/", 1)[-1] in _HIGHER_IS_BETTER else "min"
+
+
+def metric_value(results: Mapping[str, Any], metric: str) -> float:
+    """`loss` or `<task>/<metric>` of an evaluation's results."""
+    if metric == "loss":
+        return float(results["loss"])
+    task, _, name = metric.partition("/")
+    try:
+        return float(results["tasks"][task][name])
+    except KeyError:
+        known = ["loss", *(f"{t}/{m}" for t, values in results["tasks"].items() for m in values)]
+        raise ConfigError(f"The evaluation has no metric {metric!r}; it has {', '.join(known)}.") from None
+
+
+def _better(value: float, best: float, mode: str, min_delta: float) -> bool:
+    if math.isnan(value):
+        return False
+    if math.isnan(best):
+        return True
+    return value > best + min_delta if mode == "max" else value < best - min_delta
+
+
+def best_evaluation(
+    history: Sequence[Mapping[str, Any]], metric: str, mode: str = "auto"
+) -> Mapping[str, Any] | None:
+    """The earliest evaluation with the best `metric` (None for no evaluations)."""
+    mode = direction(metric, mode)
+    best = None
+    for results in history:
+        if best is None or _better(metric_value(results, metric), metric_value(best, metric), mode, 0.0):
+            best = results
+    return best
+
+
+def stop_reason(
+    history: Sequence[Mapping[str, Any]],
+    metric: str,
+    patience: int,
+    min_delta: float = 0.0,
+    mode: str = "auto",
+) -> str | None:
+    """Why to stop after these evaluations, or None to go on.
+
+    Training stops once `patience` evaluations in a row have not improved on the best so far by more than
+    `min_delta`.
+    """
+    mode = direction(metric, mode)
+    best_value, best_step, waited = math.nan, 0, 0
+    for results in history:
+        value = metric_value(results, metric)
+        if _better(value, best_value, mode, min_delta):
+            best_value, best_step, waited = value, results["global_step"], 0
+        else:
+            waited += 1
+    if waited < patience:
+        return None
+    by = f" by more than {min_delta:g}" if min_delta else ""
+    return (
+        f"{metric} has not improved{by} for {waited} evaluations "
+        f"(best {best_value:.6g} at step {best_step}, {'higher' if mode == 'max' else 'lower'} is better)"
+    )

@@ -24,9 +24,10 @@ _EXPORTS = {
     "SyntheticDataConfig": "pipeline.config",
     "TabularDataConfig": "pipeline.config",
     "input_fn": "pipeline.data",
-    "features": "pipeline.data",
+    "model_features": "pipeline.data",
     "tasks": "pipeline.data",
     "steps_for_epochs": "pipeline.data",
+    "table_config": "pipeline.data",
     "load_schema": "pipeline.data.schema",
     "schema_to_dict": "pipeline.data.schema",
     "load_config": "pipeline.model_dir",
@@ -35,13 +36,16 @@ _EXPORTS = {
     "UserError": "pipeline.errors",
 }
 
+# `pipeline.features` is a module, so the data's features function is exported under another name.
+_RENAMED = {"model_features": "features"}
+
 __all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str) -> Any:
     if name not in _EXPORTS:
         raise AttributeError(f"module 'pipeline' has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
+    return getattr(importlib.import_module(_EXPORTS[name]), _RENAMED.get(name, name))
 
 
 def __dir__() -> list[str]:

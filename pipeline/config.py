@@ -264,9 +264,9 @@ class DataConfig:
 class TrainConfig:
     """Optimisation and bookkeeping of the training loop.
 
-    The learning rate follows `learning_rate_schedule` (see `pipeline.schedules`): `constant`; `exponential`
+    The learning rate follows `learning_rate_schedule` (see `pipeline.optimizers`): `constant`; `exponential`
     (times `decay_rate` every `decay_steps`); `cosine` (from `learning_rate` down to `cosine_alpha` times it
-    over `decay_steps`); `piecewise` (`piecewise_values[i]` until step `piecewise_boundaries[i]`). With
+    over `decay_steps`); `piecewise` (`piecewise_values[i]` through step `piecewise_boundaries[i]`). With
     `warmup_steps` it first rises linearly to the schedule's starting rate.
 
     `train_and_evaluate` stops once `early_stopping_metric` (e.g. `income/auc`, `loss`) has not improved by
@@ -329,12 +329,9 @@ class TrainConfig:
         ):
             raise invalid("cosine_alpha", self.cosine_alpha, "must be in [0, 1]")
         if schedule != "piecewise":
-            if self.piecewise_boundaries or self.piecewise_values:
-                raise invalid(
-                    "piecewise_boundaries",
-                    list(self.piecewise_boundaries),
-                    "is for the piecewise schedule only",
-                )
+            for field in ("piecewise_boundaries", "piecewise_values"):
+                if getattr(self, field):
+                    raise invalid(field, list(getattr(self, field)), "is for the piecewise schedule only")
             return
         boundaries, values = list(self.piecewise_boundaries), list(self.piecewise_values)
         if (

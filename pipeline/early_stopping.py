@@ -77,7 +77,8 @@ def stop_reason(
     if waited < patience:
         return None
     by = f" by more than {min_delta:g}" if min_delta else ""
+    better = "higher" if mode == "max" else "lower"
     return (
-        f"{metric} has not improved{by} for {waited} evaluations "
-        f"(best {best_value:.6g} at step {best_step}, {'higher' if mode == 'max' else 'lower'} is better)"
+        f"{metric} has not improved{by} for {waited} evaluations since step {best_step} "
+        f"({best_value:.6g}; {better} is better)"
     )

@@ -23,6 +23,16 @@ from pipeline.models import model_fn
 from pipeline.optimizers import make_optimizer
 
 
+def _path(variable: keras.Variable) -> str:
+    return variable.path
+
+
+def _path_in_optimizer(variable: keras.Variable) -> str:
+    """An optimizer variable's path without the optimizer's name, which Keras makes unique per process
+    (`adam`, `adam_1`): `iteration`, `mmoe_experts_expert_kernel_0_momentum`."""
+    return variable.path.split("/", 1)[-1]
+
+
 @dataclasses.dataclass(frozen=True)
 class WarmStartReport:
     """What a warm start loaded: variable paths, and for each one left as initialised, why."""
@@ -84,14 +94,14 @@ def warm_start(
     tf.train.Checkpoint(model=source_model, optimizer=source_optimizer).restore(
         checkpoint
     ).assert_existing_objects_matched()
-    pairs = [(model.variables, source_model.variables)]
+    pairs = [(model.variables, source_model.variables, _path)]
     if with_optimizer:
-        pairs.append((optimizer.variables, source_optimizer.variables))
+        pairs.append((optimizer.variables, source_optimizer.variables, _path_in_optimizer))
     loaded, not_loaded = [], []
-    for targets, sources in pairs:
-        by_path = {variable.path: variable for variable in sources}
+    for targets, sources, key in pairs:
+        by_key = {key(variable): variable for variable in sources}
         for variable in targets:
-            found = by_path.get(variable.path)
+            found = by_key.get(key(variable))
             if found is None:
                 not_loaded.append((variable.path, "not in the source"))
             elif tuple(found.shape) != tuple(variable.shape):

@@ -8,7 +8,7 @@ from typing import Any
 import keras
 from keras import ops
 
-from pipeline.checks import check_positive_int, check_rate, check_units
+from pipeline.checks import check_positive_int, check_rate, check_units, invalid
 from pipeline.layers.gate import Gate, softmax
 from pipeline.layers.initializers import fresh_copy
 
@@ -43,6 +43,8 @@ class MixtureOfExperts(keras.layers.Layer):
         kernel_initializer: initializer of the stacked expert kernels (default: Glorot per expert).
         bias_initializer: initializer of the expert biases.
         gate_kernel_initializer: initializer of the gate kernels.
+        gate_names: a name per gate (default `gate_0`, `gate_1`, ...). MMoE names each after its task, so
+            a gate keeps its variables' names when tasks are added or reordered (what warm start matches).
 
     References:
         Ma et al., "Modeling Task Relationships in Multi-task Learning with Multi-gate Mixture-of-Experts",
@@ -59,6 +61,7 @@ class MixtureOfExperts(keras.layers.Layer):
         kernel_initializer: Any = None,
         bias_initializer: Any = "zeros",
         gate_kernel_initializer: Any = "glorot_uniform",
+        gate_names: Sequence[str] = (),
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -72,13 +75,12 @@ class MixtureOfExperts(keras.layers.Layer):
         )
         self.bias_initializer = keras.initializers.get(bias_initializer)
         self.gate_kernel_initializer = keras.initializers.get(gate_kernel_initializer)
+        self.gate_names = tuple(gate_names) or tuple(f"gate_{g}" for g in range(num_gates))
+        if len(self.gate_names) != num_gates:
+            raise invalid("gate_names", list(gate_names), f"must name each of the {num_gates} gates")
         self.gates = [
-            Gate(
-                num_experts,
-                kernel_initializer=fresh_copy(self.gate_kernel_initializer),
-                name=f"gate_{g}",
-            )
-            for g in range(num_gates)
+            Gate(num_experts, kernel_initializer=fresh_copy(self.gate_kernel_initializer), name=name)
+            for name in self.gate_names
         ]
         self.dropout_layer = keras.layers.Dropout(self.dropout) if self.dropout else None
 
@@ -147,4 +149,5 @@ class MixtureOfExperts(keras.layers.Layer):
             "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
             "bias_initializer": keras.initializers.serialize(self.bias_initializer),
             "gate_kernel_initializer": keras.initializers.serialize(self.gate_kernel_initializer),
+            "gate_names": list(self.gate_names),
         }

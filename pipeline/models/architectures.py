@@ -19,11 +19,12 @@ def shared_bottom(config: ModelConfig) -> keras.layers.Layer:
     return MLP(config.bottom_units, activation=config.activation, dropout=config.dropout, name="bottom")
 
 
-def _mixture(config: ModelConfig, num_gates: int) -> keras.layers.Layer:
+def _mixture(config: ModelConfig, gate_names: tuple[str, ...]) -> keras.layers.Layer:
     return MixtureOfExperts(
         num_experts=config.num_experts,
         expert_units=config.expert_units,
-        num_gates=num_gates,
+        num_gates=len(gate_names),
+        gate_names=gate_names,
         activation=config.activation,
         dropout=config.dropout,
         name="experts",
@@ -32,9 +33,9 @@ def _mixture(config: ModelConfig, num_gates: int) -> keras.layers.Layer:
 
 @register("omoe")
 def one_gate_mixture_of_experts(config: ModelConfig) -> keras.layers.Layer:
-    return _mixture(config, num_gates=1)
+    return _mixture(config, gate_names=("gate",))
 
 
 @register("mmoe")
 def multi_gate_mixture_of_experts(config: ModelConfig) -> keras.layers.Layer:
-    return _mixture(config, num_gates=len(config.tasks))
+    return _mixture(config, gate_names=tuple(f"gate_{task.name}" for task in config.tasks))

@@ -30,6 +30,12 @@ def test_a_single_task_tf_config_stays_single_process():
     assert distribute.select_strategy("auto", environ={"TF_CONFIG": single}) is tf.distribute.get_strategy()
 
 
+def test_an_evaluator_beside_a_cluster_evaluates_on_its_own():
+    evaluator = json.dumps({**TWO_WORKERS, "task": {"type": "evaluator", "index": 0}})
+    strategy = distribute.select_strategy("auto", environ={"TF_CONFIG": evaluator})
+    assert strategy is tf.distribute.get_strategy() and distribute.is_chief(strategy)
+
+
 @pytest.mark.parametrize(
     "raw, message",
     [

@@ -60,3 +60,21 @@ def test_summaries_are_written(clock, tmp_path):
             "examples_per_sec": 40.0,
         }
     )
+
+
+def test_a_pass_over_data_logs_at_most_every_interval_with_share_and_rate(clock, monkeypatch):
+    lines = []
+    monkeypatch.setattr(logging, "info", lambda fmt, *args: lines.append(fmt % args))
+    reading = progress.PassProgress("Reading train.csv", "rows", total=1000, every_secs=5.0)
+    clock.now += 4.0
+    reading.update(100)  # a short pass logs nothing
+    assert lines == []
+    clock.now += 1.0
+    reading.update(250)
+    clock.now += 1.0
+    reading.update(300)  # one second after the last line
+    assert lines == ["Reading train.csv: 250 rows (25%) in 5s, 50 rows/s"]
+    unknown = progress.PassProgress("Evaluating the eval split at step 10", "examples", every_secs=5.0)
+    clock.now += 10.0
+    unknown.update(12_345)
+    assert lines[-1] == "Evaluating the eval split at step 10: 12,345 examples in 10s, 1,234 examples/s"

@@ -33,6 +33,7 @@ from pipeline.warm_start import WarmStartReport, warm_start
 InputFn = Callable[[tf.distribute.InputContext, int], tf.data.Dataset]
 
 BEST_DIR = "best"
+OTHER_WORKER_STOPPED = "another worker's signal"
 CHECKPOINT_CHOICES = "latest, best or a step number"
 
 
@@ -184,8 +185,16 @@ class Estimator:
             return loss, task_losses
 
         @tf.function(reduce_retracing=True)
-        def train_steps(iterator: Any, num_steps: tf.Tensor) -> tuple[tf.Tensor, dict]:
-            """Runs `num_steps` steps; returns the mean total and per-task losses over them."""
+        def train_steps(
+            iterator: Any, num_steps: tf.Tensor, stop: tf.Tensor
+        ) -> tuple[tf.Tensor, dict, tf.Tensor]:
+            """Runs `num_steps` steps; returns the mean total and per-task losses over them, and how many
+            replicas asked to stop (`stop`), in which case no replica runs a step: every worker of a
+            multi-worker job learns of a signal to one of them at the same call, and they stop together."""
+            votes = strategy.reduce(
+                tf.distribute.ReduceOp.SUM, strategy.run(lambda: tf.cast(stop, tf.float32)), axis=None
+            )
+            num_steps = tf.where(votes > 0, tf.zeros_like(num_steps), num_steps)
             total = tf.constant(0.0)
             per_task = {head.name: tf.constant(0.0) for head in task_heads}
             for _ in tf.range(num_steps):
@@ -198,8 +207,8 @@ class Estimator:
                     for name in per_task
                 }
                 self.global_step.assign_add(1)
-            steps = tf.cast(num_steps, tf.float32)
-            return total / steps, {name: value / steps for name, value in per_task.items()}
+            steps = tf.maximum(tf.cast(num_steps, tf.float32), 1.0)
+            return total / steps, {name: value / steps for name, value in per_task.items()}, votes
 
         return train_steps
 
@@ -210,7 +219,8 @@ class Estimator:
 
     def request_stop(self, reason: str) -> None:
         """Asks `train` to stop after the running group of steps, save a checkpoint and raise
-        `TrainingStopped`. Safe to call from a signal handler."""
+        `TrainingStopped`. Safe to call from a signal handler. Under multi-worker training the other
+        workers stop at the same step."""
         self._stop_reason = reason
 
     def train(self, input_fn: InputFn, max_steps: int) -> dict[str, Any]:
@@ -257,7 +267,13 @@ class Estimator:
         boundaries = (train_config.log_every_steps, train_config.save_checkpoints_steps)
         while step < until:
             next_stop = min([until] + [(step // every + 1) * every for every in boundaries])
-            total, task_losses = self._train_steps_fn(iterator, tf.constant(next_stop - step))
+            total, task_losses, stop_votes = self._train_steps_fn(
+                iterator, tf.constant(next_stop - step), tf.constant(self._stop_reason is not None)
+            )
+            if float(stop_votes) > 0:
+                path = self._manager.save(checkpoint_number=step)
+                logging.info("Saved checkpoint %s", path)
+                raise TrainingStopped(step, self._stop_reason or OTHER_WORKER_STOPPED)
             step = self.step
             if step % train_config.log_every_steps == 0 or step == until:
                 task_values = {name: float(value) for name, value in task_losses.items()}
@@ -269,11 +285,9 @@ class Estimator:
                     "examples_per_sec": progress.examples_per_sec,
                     "steady_examples_per_sec": progress.steady_examples_per_sec,
                 }
-            if step % train_config.save_checkpoints_steps == 0 or step == until or self._stop_reason:
+            if step % train_config.save_checkpoints_steps == 0 or step == until:
                 path = self._manager.save(checkpoint_number=step)
                 logging.info("Saved checkpoint %s", path)
-            if self._stop_reason:
-                raise TrainingStopped(step, self._stop_reason)
         return result
 
     # -- evaluation -------------------------------------------------------------------------------

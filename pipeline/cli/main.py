@@ -28,9 +28,9 @@ import signal  # noqa: E402
 import sys  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
-from collections.abc import Callable, Iterator  # noqa: E402
+from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import TextIO  # noqa: E402
+from typing import Any, TextIO, TypeVar  # noqa: E402
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
@@ -48,7 +48,9 @@ from serving.client import PredictionError, connect  # noqa: E402
 from serving.server import ModelServer  # noqa: E402
 
 FLAGS = cli_flags.FLAGS
+T = TypeVar("T")
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_SIGNAL_NAMES = {each.name for each in _STOP_SIGNALS}
 # A stopped training exits with 128 + the signal's number, as a shell reports a process a signal ended:
 # 130 after SIGINT (Ctrl-C), 143 after SIGTERM. Its checkpoint is saved; rerunning resumes.
 STOPPED_EXIT_CODE = 128
@@ -115,10 +117,20 @@ def _print_results(results: dict) -> None:
     print(f"  {'total loss':<12} {results['loss']:.4f}")
 
 
-@contextlib.contextmanager
-def _graceful_stop(estimator: Estimator) -> Iterator[None]:
-    """SIGINT and SIGTERM (what Kubernetes sends before preemption) ask training to stop at the end of the
-    running group of steps, with a checkpoint; a second signal ends the process at once."""
+def _stoppable(estimator: Estimator, work: Callable[[], T]) -> T:
+    """Runs `work` (training) so that SIGINT and SIGTERM (what Kubernetes sends before preemption) stop it
+    at the end of the running group of steps, with a checkpoint, and a second signal ends the process at once.
+
+    The work runs in a thread: Python runs signal handlers in the main thread only between bytecodes, so a
+    main thread inside a long TensorFlow call would not even see the first signal until the call returned.
+    """
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = work()
+        except BaseException as error:  # noqa: BLE001  (re-raised in the main thread)
+            outcome["error"] = error
 
     def stop(signum: int, _frame: object) -> None:
         for each in _STOP_SIGNALS:
@@ -130,25 +142,33 @@ def _graceful_stop(estimator: Estimator) -> Iterator[None]:
         estimator.request_stop(name)
 
     previous = {signum: signal.signal(signum, stop) for signum in _STOP_SIGNALS}
+    worker = threading.Thread(target=run, name="training", daemon=True)
     try:
-        yield
-    except TrainingStopped as stopped:
+        worker.start()
+        while worker.is_alive():
+            worker.join(timeout=0.5)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    stopped = outcome.get("error")
+    if isinstance(stopped, TrainingStopped):
         logging.flush()
         print(
             f"mtl: stopped by {stopped.reason} at step {stopped.step}; saved a checkpoint of step "
             f"{stopped.step}. Run the same command again to resume.",
             file=sys.stderr,
         )
-        sys.exit(STOPPED_EXIT_CODE + signal.Signals[stopped.reason].value)
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+        signum = signal.Signals[stopped.reason] if stopped.reason in _SIGNAL_NAMES else signal.SIGTERM
+        sys.exit(STOPPED_EXIT_CODE + signum)
+    if stopped is not None:
+        raise stopped
+    return outcome["value"]
 
 
 def train() -> None:
     estimator = _estimator(require_saved=False)
-    with _graceful_stop(estimator):
-        estimator.train(_input_fn(estimator, "train"), cli_flags.max_steps(estimator.config))
+    max_steps = cli_flags.max_steps(estimator.config)
+    _stoppable(estimator, lambda: estimator.train(_input_fn(estimator, "train"), max_steps))
 
 
 def evaluate() -> None:
@@ -203,16 +223,20 @@ def export() -> Path:
 
 def train_and_evaluate() -> None:
     estimator = _estimator(require_saved=False)
-    with _graceful_stop(estimator):
-        results = estimator.train_and_evaluate(
+    max_steps = cli_flags.max_steps(estimator.config)
+    eval_files = _split_files(estimator, "eval")
+    results = _stoppable(
+        estimator,
+        lambda: estimator.train_and_evaluate(
             _input_fn(estimator, "train"),
             _input_fn(estimator, "eval"),
-            max_steps=cli_flags.max_steps(estimator.config),
+            max_steps=max_steps,
             eval_every_steps=FLAGS.eval_every_steps,
-            eval_files=_split_files(estimator, "eval"),
+            eval_files=eval_files,
             export_best=_export_base() if FLAGS.export_best else None,
             exports_to_keep=FLAGS.exports_to_keep,
-        )
+        ),
+    )
     if "stopped_early" in results:
         print(f"Stopped early: {results['stopped_early']}.")
     _print_results(results)

@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -32,12 +31,14 @@ def _start(*args: str) -> subprocess.Popen:
     )
 
 
-def _wait_for(path: Path, process: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        assert process.poll() is None, process.communicate()
-        assert time.monotonic() < deadline, f"{path} did not appear"
-        time.sleep(0.1)
+def _wait_for_line(process: subprocess.Popen, text: str) -> list[str]:
+    """Reads the process' standard error up to the first line holding `text`; returns the lines read."""
+    lines = []
+    while not lines or text not in lines[-1]:
+        line = process.stderr.readline()
+        assert line, f"the process ended before printing {text!r}: {''.join(lines)}"
+        lines.append(line)
+    return lines
 
 
 def test_sigterm_saves_a_checkpoint_at_the_step_reached_and_a_rerun_resumes_from_it(tmp_path):
@@ -49,20 +50,41 @@ def test_sigterm_saves_a_checkpoint_at_the_step_reached_and_a_rerun_resumes_from
         *SMALL,
         "--save_checkpoints_steps=100000",
     )
-    _wait_for(model_dir / "train", training)  # the first progress report is written
+    read = _wait_for_line(training, "step 20/10000000")
     training.send_signal(signal.SIGTERM)
-    _, stderr = training.communicate(timeout=120)
+    _, rest = training.communicate(timeout=120)
+    stderr = "".join(read) + rest
     assert training.returncode == 128 + signal.SIGTERM, stderr
     assert "Traceback" not in stderr
+    assert "SIGTERM: stopping after the running steps (again to stop at once)." in stderr
     stopped = re.search(r"mtl: stopped by SIGTERM at step (\d+); saved a checkpoint of step \1\.", stderr)
     assert stopped, stderr
     step = int(stopped.group(1))
-    assert 0 < step < 100000 and step % 20 == 0  # a whole group of steps (--log_every_steps=20)
+    assert 20 <= step < 100000 and step % 20 == 0  # whole groups of steps (--log_every_steps=20)
     assert tf.train.latest_checkpoint(str(model_dir)) == str(model_dir / f"ckpt-{step}")
 
     resumed = mtl("train", f"--model_dir={model_dir}", f"--max_steps={step + 20}")
     assert resumed.returncode == 0, resumed.stderr
     assert f"Training mmoe from step {step} to {step + 20}" in resumed.stderr
+
+
+def test_a_second_signal_ends_training_at_once(tmp_path):
+    training = _start(
+        "train",
+        f"--model_dir={tmp_path / 'run'}",
+        "--max_steps=10000000",
+        *SMALL,
+        "--log_every_steps=10000000",  # one group of steps: the first signal would wait for all of it
+        "--save_checkpoints_steps=10000000",
+    )
+    _wait_for_line(training, "Training mmoe from step 0 to 10000000")
+    time.sleep(1)
+    training.send_signal(signal.SIGINT)
+    _wait_for_line(training, "SIGINT: stopping after the running steps (again to stop at once).")
+    started = time.monotonic()
+    training.send_signal(signal.SIGINT)
+    training.communicate(timeout=60)
+    assert training.returncode == -signal.SIGINT and time.monotonic() - started < 10
 
 
 def test_continuous_evaluation_evaluates_each_checkpoint_of_a_concurrent_trainer_once(tmp_path):

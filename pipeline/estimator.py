@@ -25,7 +25,7 @@ from pipeline.checks import check_positive_int
 from pipeline.config import ExperimentConfig
 from pipeline.errors import ModelDirError, TrainingStopped
 from pipeline.models import model_fn
-from pipeline.optimizers import make_optimizer
+from pipeline.optimizers import learning_rate_schedule, make_optimizer, set_learning_rate
 from pipeline.progress import PassProgress, TrainingProgress
 from pipeline.warm_start import WarmStartReport, warm_start
 
@@ -69,6 +69,7 @@ class Estimator:
         with self.strategy.scope():
             self.model = model_fn(config.model)
             self.optimizer = make_optimizer(config.train)
+            self.schedule = learning_rate_schedule(config.train)
             self.optimizer.build(self.model.trainable_variables)
             self.global_step = tf.Variable(
                 0,
@@ -127,6 +128,11 @@ class Estimator:
     def step(self) -> int:
         return int(self.global_step.numpy())
 
+    @property
+    def learning_rate(self) -> float:
+        """The rate of the next training step, as the schedule gives it."""
+        return float(self.schedule(self.optimizer.iterations))
+
     def _require_trained(self) -> None:
         if tf.train.latest_checkpoint(str(self.model_dir)) is None:
             raise ModelDirError(
@@ -173,7 +179,7 @@ class Estimator:
     # -- training ---------------------------------------------------------------------------------
 
     def _build_train_steps(self) -> Callable:
-        model, optimizer, strategy = self.model, self.optimizer, self.strategy
+        model, optimizer, strategy, schedule = self.model, self.optimizer, self.strategy, self.schedule
         task_heads = model.heads
 
         def step_fn(features: dict, labels: dict, weights: dict) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
@@ -199,6 +205,7 @@ class Estimator:
             per_task = {head.name: tf.constant(0.0) for head in task_heads}
             for _ in tf.range(num_steps):
                 features, labels, weights = next(iterator)
+                set_learning_rate(optimizer, schedule)
                 loss, task_losses = strategy.run(step_fn, args=(features, labels, weights))
                 total += strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None)
                 per_task = {
@@ -277,7 +284,7 @@ class Estimator:
             step = self.step
             if step % train_config.log_every_steps == 0 or step == until:
                 task_values = {name: float(value) for name, value in task_losses.items()}
-                progress.report(step, float(total), task_values, float(self.optimizer.learning_rate.numpy()))
+                progress.report(step, float(total), task_values, self.learning_rate)
                 result = {
                     "global_step": step,
                     "loss": float(total),

@@ -1,7 +1,9 @@
 """The optimizer and its learning-rate schedule: the rate is a function of the optimizer's step.
 
-Keras calls a schedule with `optimizer.iterations`, which is checkpointed with the optimizer; nothing else
-needs saving. Each schedule here is a Keras `LearningRateSchedule`; warm-up wraps any of them.
+The optimizer holds its rate in a variable, which the training step sets from the schedule before every
+update (`set_learning_rate`), rather than holding the schedule itself. So every schedule checkpoints the same
+variables: a run may resume with another schedule or rate, and checkpoints load whatever schedule wrote
+them. The optimizer's step is checkpointed, so a resumed run continues its schedule exactly.
 """
 
 from __future__ import annotations
@@ -24,14 +26,18 @@ _OPTIMIZERS = {
 
 
 def make_optimizer(train: TrainConfig) -> keras.optimizers.Optimizer:
-    """`train.optimizer` following `train`'s learning-rate schedule."""
-    return _OPTIMIZERS[train.optimizer](learning_rate=learning_rate_schedule(train))
+    """`train.optimizer`, its rate a variable for `set_learning_rate` to follow the schedule with."""
+    return _OPTIMIZERS[train.optimizer](learning_rate=float(train.learning_rate))
+
+
+def set_learning_rate(optimizer: keras.optimizers.Optimizer, schedule: Schedule) -> None:
+    """Sets the optimizer's rate to the schedule's rate at the optimizer's next step."""
+    optimizer.learning_rate.assign(schedule(optimizer.iterations))
 
 
 @keras.saving.register_keras_serializable(package="mtl")
 class Constant(Schedule):
-    """A fixed rate. A schedule rather than a float, so the rate is not a checkpointed variable and a resumed
-    run may change it."""
+    """A fixed rate, as a schedule like the others."""
 
     def __init__(self, learning_rate: float) -> None:
         self.learning_rate = learning_rate

@@ -226,11 +226,15 @@ flags.DEFINE_integer("predict_batch_size", 256, "predict: rows per request.")
 
 
 def _ints(flag: str, values: list[str]) -> tuple[int, ...]:
+    return _numbers(flag, values, int, "integers")
+
+
+def _numbers(flag: str, values: list[str], kind: Callable[[str], Any], plural: str) -> tuple[Any, ...]:
     try:
-        return tuple(int(v) for v in values)
+        return tuple(kind(v) for v in values)
     except ValueError:
         raise ConfigError(
-            f"`{flag}` must be a comma-separated list of integers. Received: {flag}={','.join(values)}"
+            f"`{flag}` must be a comma-separated list of {plural}. Received: {flag}={','.join(values)}"
         ) from None
 
 
@@ -379,12 +383,7 @@ def _train_flag(name: str) -> Any:
     if name == "piecewise_boundaries":
         return _ints(name, value)
     if name == "piecewise_values":
-        try:
-            return tuple(float(v) for v in value)
-        except ValueError:
-            raise ConfigError(
-                f"`{name}` must be a comma-separated list of numbers. Received: {name}={','.join(value)}"
-            ) from None
+        return _numbers(name, value, float, "numbers")
     return value
 
 

@@ -13,7 +13,13 @@ from pipeline import data
 from pipeline.config import TrainConfig
 from pipeline.errors import ConfigError
 from pipeline.estimator import Estimator
-from pipeline.optimizers import Constant, LinearWarmUp, learning_rate_schedule, make_optimizer
+from pipeline.optimizers import (
+    Constant,
+    LinearWarmUp,
+    learning_rate_schedule,
+    make_optimizer,
+    set_learning_rate,
+)
 from tests.conftest import small_experiment
 
 
@@ -205,16 +211,17 @@ def test_make_optimizer_builds_the_named_optimizer(name, cls):
     assert type(make_optimizer(TrainConfig(optimizer=name))) is cls
 
 
-def test_optimizer_learning_rate_follows_its_iterations():
+def test_set_learning_rate_follows_the_optimizers_iterations():
     config = TrainConfig(
         learning_rate=0.1, learning_rate_schedule="cosine", decay_steps=100, cosine_alpha=0.2, optimizer="sgd"
     )
-    optimizer = make_optimizer(config)
+    optimizer, schedule = make_optimizer(config), learning_rate_schedule(config)
     variable = keras.Variable(0.0)
     optimizer.build([variable])
     # Golden values as in test_cosine_schedule_decays_to_alpha_times_the_rate_and_stays_there.
     for step, expected in [(0, 0.1), (25, 0.08828427124746191), (50, 0.06), (100, 0.02), (150, 0.02)]:
         optimizer.iterations.assign(step)
+        set_learning_rate(optimizer, schedule)
         assert float(optimizer.learning_rate) == pytest.approx(expected, rel=1e-6)
 
 
@@ -225,16 +232,17 @@ def test_each_update_uses_the_rate_of_the_step_before_it():
         piecewise_boundaries=(2,),
         piecewise_values=(1.0, 0.5),
     )
-    optimizer = make_optimizer(config)
+    optimizer, schedule = make_optimizer(config), learning_rate_schedule(config)
     variable = keras.Variable(0.0)
     optimizer.build([variable])
     for _ in range(4):
+        set_learning_rate(optimizer, schedule)
         optimizer.apply_gradients([(tf.constant(1.0), variable)])
     # Plain SGD with gradient 1 subtracts the rate: iterations 0, 1, 2 (<= boundary 2) use 1.0, iteration 3
     # uses 0.5: 0 - (1 + 1 + 1 + 0.5) = -3.5.
     assert float(variable.numpy()) == -3.5
     assert int(optimizer.iterations.numpy()) == 4
-    assert float(optimizer.learning_rate) == 0.5
+    assert float(optimizer.learning_rate) == 0.5  # the last update's
 
 
 # -- resuming keeps the schedule ----------------------------------------------------------------------
@@ -253,7 +261,7 @@ def test_a_resumed_run_continues_the_schedule_and_matches_an_uninterrupted_one(t
     resumed = Estimator(config, tmp_path / "resumed")  # a new process, in effect
     assert int(resumed.optimizer.iterations.numpy()) == 30
     # 3e-3 * (0.9 * 0.5 * (1 + cos(pi * 30 / 100)) + 0.1) = 3e-3 * (0.45 * 1.5877853 + 0.1) = 0.00244351
-    assert float(resumed.optimizer.learning_rate) == pytest.approx(0.0024435100906, rel=1e-6)
+    assert resumed.learning_rate == pytest.approx(0.0024435100906, rel=1e-6)
     resumed.train(train_fn, max_steps=60)
 
     straight = Estimator(config, tmp_path / "straight")
@@ -264,7 +272,7 @@ def test_a_resumed_run_continues_the_schedule_and_matches_an_uninterrupted_one(t
     assert expected_rate == pytest.approx(0.0012328270576, rel=1e-9)
     for estimator in (resumed, straight):
         assert int(estimator.optimizer.iterations.numpy()) == 60
-        assert float(estimator.optimizer.learning_rate) == pytest.approx(expected_rate, rel=1e-6)
+        assert estimator.learning_rate == pytest.approx(expected_rate, rel=1e-6)
     # Same batches, same optimizer state, same rates: the weights agree to the bit (on one CPU device).
     for a, b in zip(_weights(resumed), _weights(straight), strict=True):
         np.testing.assert_allclose(a, b, rtol=0, atol=0)
@@ -286,8 +294,8 @@ def test_a_resumed_run_uses_a_changed_constant_learning_rate(tmp_path):
         tmp_path / "changed",
     )
     assert changed.step == 10 and int(changed.optimizer.iterations.numpy()) == 10
-    assert float(same.optimizer.learning_rate) == pytest.approx(0.01)
-    assert float(changed.optimizer.learning_rate) == pytest.approx(0.03)  # not the checkpoint's 0.01
+    assert same.learning_rate == pytest.approx(0.01)
+    assert changed.learning_rate == pytest.approx(0.03)  # not the checkpoint's 0.01
     same.train(train_fn, max_steps=11)
     changed.train(train_fn, max_steps=11)
 
@@ -297,3 +305,16 @@ def test_a_resumed_run_uses_a_changed_constant_learning_rate(tmp_path):
         gradient_same, gradient_changed = (w0 - a) / 0.01, (w0 - b) / 0.03
         np.testing.assert_allclose(gradient_changed, gradient_same, rtol=1e-3, atol=2e-4)
     assert max(float(np.abs(w0 - b).max()) for w0, b in zip(start, _weights(changed), strict=True)) > 1e-3
+
+
+def test_a_run_may_resume_with_another_schedule(tmp_path):
+    config = small_experiment(learning_rate=0.01, save_checkpoints_steps=10)
+    train_fn = data.input_fn(config, "train")
+    Estimator(config, tmp_path).train(train_fn, max_steps=10)
+    decaying = dataclasses.replace(
+        config.train, learning_rate_schedule="exponential", decay_steps=10, decay_rate=0.5
+    )
+    resumed = Estimator(dataclasses.replace(config, train=decaying), tmp_path)
+    assert resumed.step == 10 and resumed.learning_rate == pytest.approx(0.005)  # 0.01 * 0.5 ** (10 / 10)
+    resumed.train(train_fn, max_steps=20)
+    assert float(resumed.optimizer.learning_rate) == pytest.approx(0.01 * 0.5 ** (19 / 10), rel=1e-6)

@@ -266,8 +266,9 @@ class TrainConfig:
 
     The learning rate follows `learning_rate_schedule` (see `pipeline.optimizers`): `constant`; `exponential`
     (times `decay_rate` every `decay_steps`); `cosine` (from `learning_rate` down to `cosine_alpha` times it
-    over `decay_steps`); `piecewise` (`piecewise_values[i]` through step `piecewise_boundaries[i]`). With
-    `warmup_steps` it first rises linearly to the schedule's starting rate.
+    over `decay_steps`); `piecewise` (`piecewise_values[i]` through step `piecewise_boundaries[i]`). A
+    `decay_steps` of 0 decays over the whole run, whatever `max_steps` it is trained to. With `warmup_steps`
+    it first rises linearly to the schedule's starting rate, and the schedule's steps count from there.
 
     `train_and_evaluate` stops once `early_stopping_metric` (e.g. `income/auc`, `loss`) has not improved by
     more than `early_stopping_min_delta` for `early_stopping_patience` evaluations, and keeps the checkpoint
@@ -318,10 +319,6 @@ class TrainConfig:
         )
         _check_count("warmup_steps", self.warmup_steps)
         _check_count("decay_steps", self.decay_steps)
-        if schedule in ("exponential", "cosine") and self.decay_steps == 0:
-            raise invalid(
-                "decay_steps", self.decay_steps, f"must be a positive integer for the {schedule} schedule"
-            )
         if schedule == "exponential":
             _check_positive_number("decay_rate", self.decay_rate)
         if schedule == "cosine" and not (

@@ -1,6 +1,6 @@
-"""Which evaluation is best, and when training has stopped improving.
+"""Whether an evaluation improves on the best, and when training has stopped improving.
 
-Both are pure functions of the evaluations so far, which `train_and_evaluate` keeps in
+Early stopping is a pure function of the evaluations so far, which `train_and_evaluate` keeps in
 `model_dir/eval_history.json`: a rerun reaches the same decision, and a rerun with more patience trains on.
 """
 
@@ -34,24 +34,14 @@ def metric_value(results: Mapping[str, Any], metric: str) -> float:
         raise ConfigError(f"The evaluation has no metric {metric!r}; it has {', '.join(known)}.") from None
 
 
-def _better(value: float, best: float, mode: str, min_delta: float) -> bool:
+def improves(value: float, best: float, mode: str, min_delta: float = 0.0) -> bool:
+    """Whether `value` beats `best` by more than `min_delta` in direction `mode`; NaN never improves, and
+    anything improves on NaN (no best yet)."""
     if math.isnan(value):
         return False
     if math.isnan(best):
         return True
     return value > best + min_delta if mode == "max" else value < best - min_delta
-
-
-def best_evaluation(
-    history: Sequence[Mapping[str, Any]], metric: str, mode: str = "auto"
-) -> Mapping[str, Any] | None:
-    """The earliest evaluation with the best `metric` (None for no evaluations)."""
-    mode = direction(metric, mode)
-    best = None
-    for results in history:
-        if best is None or _better(metric_value(results, metric), metric_value(best, metric), mode, 0.0):
-            best = results
-    return best
 
 
 def stop_reason(
@@ -70,7 +60,7 @@ def stop_reason(
     best_value, best_step, waited = math.nan, 0, 0
     for results in history:
         value = metric_value(results, metric)
-        if _better(value, best_value, mode, min_delta):
+        if improves(value, best_value, mode, min_delta):
             best_value, best_step, waited = value, results["global_step"], 0
         else:
             waited += 1

@@ -23,9 +23,9 @@ from pipeline import distribute, early_stopping, export, heads
 from pipeline import model_dir as model_dir_files
 from pipeline.checks import check_positive_int
 from pipeline.config import ExperimentConfig
-from pipeline.errors import ModelDirError, TrainingStopped
+from pipeline.errors import ConfigError, ModelDirError, TrainingStopped
 from pipeline.models import model_fn
-from pipeline.optimizers import learning_rate_schedule, make_optimizer, set_learning_rate
+from pipeline.optimizers import decays_over_the_run, learning_rate_schedule, make_optimizer, set_learning_rate
 from pipeline.progress import PassProgress, TrainingProgress
 from pipeline.warm_start import WarmStartReport, warm_start
 
@@ -69,7 +69,6 @@ class Estimator:
         with self.strategy.scope():
             self.model = model_fn(config.model)
             self.optimizer = make_optimizer(config.train)
-            self.schedule = learning_rate_schedule(config.train)
             self.optimizer.build(self.model.trainable_variables)
             self.global_step = tf.Variable(
                 0,
@@ -110,6 +109,10 @@ class Estimator:
         self._eval_batch_fn: Callable | None = None
         self._eval_metrics = {head.name: head.create_metrics() for head in self.model.heads}
         self._stop_reason: str | None = None
+        # The schedule of the run being trained: one that decays over the run needs its max_steps.
+        self._schedule_steps: int | None = None
+        self.schedule = None if decays_over_the_run(config.train) else learning_rate_schedule(config.train)
+        self._detached = False  # whether `restore` loaded a checkpoint other than the latest
 
     # -- checkpoints ------------------------------------------------------------------------------
 
@@ -130,14 +133,26 @@ class Estimator:
 
     @property
     def learning_rate(self) -> float:
-        """The rate of the next training step, as the schedule gives it."""
+        """The rate of the next training step, as the schedule gives it.
+
+        Raises:
+            ConfigError: the schedule decays over the run, and no run (`max_steps`) was trained yet.
+        """
+        if self.schedule is None:
+            raise ConfigError("The schedule decays over the run: its rates are known once a run trains.")
         return float(self.schedule(self.optimizer.iterations))
+
+    def _schedule_run(self, max_steps: int) -> None:
+        """Fits a schedule that decays over the run to a run ending at `max_steps`."""
+        if not decays_over_the_run(self.config.train) or self._schedule_steps == max_steps:
+            return
+        self.schedule = learning_rate_schedule(self.config.train, max_steps)
+        self._schedule_steps = max_steps
+        self._train_steps_fn = None  # traced with the previous schedule
 
     def _require_trained(self) -> None:
         if tf.train.latest_checkpoint(str(self.model_dir)) is None:
-            raise ModelDirError(
-                f"No checkpoint in --model_dir={self.model_dir}; run `mtl train` there first."
-            )
+            raise ModelDirError(f"No checkpoint in {self.model_dir}; train there first.")
 
     def checkpoint_path(self, checkpoint: str = "latest") -> str:
         """The checkpoint `latest`, `best` (the best evaluation of `train_and_evaluate`) or `<step>` names.
@@ -152,17 +167,17 @@ class Estimator:
             best = tf.train.latest_checkpoint(str(self.model_dir / BEST_DIR))
             if best is None:
                 raise ModelDirError(
-                    f"{self.model_dir} has no best checkpoint: `mtl train_and_evaluate` keeps one in "
+                    f"{self.model_dir} has no best checkpoint: train_and_evaluate keeps one in "
                     f"{self.model_dir / BEST_DIR}."
                 )
             return best
         steps = model_dir_files.checkpoint_steps(self.model_dir)
         if not checkpoint.isdigit():
-            raise ModelDirError(f"--checkpoint={checkpoint} must be {CHECKPOINT_CHOICES}.")
+            raise ModelDirError(f"The checkpoint {checkpoint!r} must be {CHECKPOINT_CHOICES}.")
         if int(checkpoint) not in steps:
             raise ModelDirError(
-                f"--checkpoint={checkpoint}: {self.model_dir} has no checkpoint of step {checkpoint}; it has "
-                f"steps {', '.join(map(str, steps))} (and latest, best)."
+                f"{self.model_dir} has no checkpoint of step {checkpoint}; it has steps "
+                f"{', '.join(map(str, steps))} (and latest, best)."
             )
         return str(self.model_dir / f"ckpt-{int(checkpoint)}")
 
@@ -174,6 +189,7 @@ class Estimator:
         """
         path = self.checkpoint_path(checkpoint)
         self._restore(path)
+        self._detached = path != tf.train.latest_checkpoint(str(self.model_dir))
         return path
 
     # -- training ---------------------------------------------------------------------------------
@@ -224,6 +240,13 @@ class Estimator:
             return tf.summary.create_noop_writer()
         return tf.summary.create_file_writer(str(self.model_dir / name))
 
+    def _stop_if_asked(self) -> None:
+        """Between evaluation batches or before an export, a process training alone stops at once when asked:
+        the checkpoint of its step is saved already. Workers of a multi-worker job evaluate together, so
+        they stop at their next group of training steps, together."""
+        if self._stop_reason and not isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            raise TrainingStopped(self.step, self._stop_reason)
+
     def request_stop(self, reason: str) -> None:
         """Asks `train` to stop after the running group of steps, save a checkpoint and raise
         `TrainingStopped`. Safe to call from a signal handler. Under multi-worker training the other
@@ -245,17 +268,24 @@ class Estimator:
         Raises:
             TrainingStopped: `request_stop` was called; a checkpoint of the step reached was saved.
         """
+        self._stop_reason = None
         return self._train(input_fn, max_steps, max_steps)
 
     def _train(self, input_fn: InputFn, until: int, max_steps: int) -> dict[str, Any]:
         """Trains up to step `until`, reporting progress towards `max_steps`."""
         check_positive_int("max_steps", max_steps)
+        if self._detached:
+            raise ModelDirError(
+                f"The loaded checkpoint (step {self.step}) is not the latest of {self.model_dir}; training "
+                "goes on from the latest one, with a new Estimator."
+            )
         start = self.step
         if start >= until:
             logging.info("Already at step %d >= %d; nothing to train.", start, until)
             return {"global_step": start}
         if self.is_chief:
             model_dir_files.save_config(self.model_dir, self.config)
+        self._schedule_run(max_steps)
         if self._train_steps_fn is None:
             self._train_steps_fn = self._build_train_steps()
         train_config = self.config.train
@@ -350,6 +380,7 @@ class Estimator:
         progress = PassProgress(f"Evaluating the {split} split at step {self.step}", "examples")
         dataset = self.strategy.distribute_datasets_from_function(lambda context: input_fn(context, 0))
         for features, labels, weights in dataset:
+            self._stop_if_asked()
             examples += int(self._eval_batch_fn(features, labels, weights))
             progress.update(examples)
         tasks = {
@@ -395,23 +426,27 @@ class Estimator:
         timeout_secs: float,
         split: str = "eval",
         files: tuple[str, ...] = (),
-        after_step: int | None = None,
+        present_at_start: list[int] | None = None,
         poll_secs: float = 1.0,
     ) -> Iterator[dict[str, Any]]:
-        """Evaluates every checkpoint once, oldest first, as it appears (the Estimator's evaluator task);
-        yields each evaluation's results.
+        """Evaluates the latest checkpoint, then every newer one once, oldest first, as it appears (the
+        Estimator's evaluator task); yields each evaluation's results.
 
         Args:
-            after_step: evaluate the checkpoints of later steps; None: the latest one now and every newer.
+            present_at_start: the checkpoint steps there were when the evaluator started (default: those
+                there are now); of these only the latest is evaluated.
 
         Stops after evaluating a checkpoint at or past `max_steps`, or when no new checkpoint appeared for
         `timeout_secs`. A checkpoint deleted (by `keep_checkpoint_max`) before its turn is skipped with a
         warning.
+
+        Raises:
+            ModelDirError: a checkpoint does not hold this model.
         """
         check_positive_int("max_steps", max_steps)
-        if after_step is None:
-            existing = model_dir_files.checkpoint_steps(self.model_dir)
-            after_step = existing[-2] if len(existing) > 1 else -1
+        if present_at_start is None:
+            present_at_start = model_dir_files.checkpoint_steps(self.model_dir)
+        after_step = present_at_start[-2] if len(present_at_start) > 1 else -1
         waited_since = time.monotonic()
         while True:
             for step in model_dir_files.checkpoint_steps(self.model_dir):
@@ -421,9 +456,14 @@ class Estimator:
                 path = str(self.model_dir / f"ckpt-{step}")
                 try:
                     self._restore(path)
-                except (tf.errors.NotFoundError, ValueError, AssertionError) as error:
-                    logging.warning("Skipped %s, deleted before it could be evaluated: %s", path, error)
+                except tf.errors.OpError as error:
+                    complete = tf.io.gfile.exists(f"{path}.index") and tf.io.gfile.glob(f"{path}.data-*")
+                    if complete:
+                        raise ModelDirError(f"{path} cannot be read: {error.message}") from None
+                    logging.warning("Skipped %s, deleted before it could be evaluated.", path)
                     continue
+                except (ValueError, AssertionError) as error:
+                    raise ModelDirError(f"{path} does not hold this model: {error}") from None
                 yield self.evaluate(input_fn, split, files)
                 waited_since = time.monotonic()
                 if step >= max_steps:
@@ -461,6 +501,7 @@ class Estimator:
         """
         check_positive_int("eval_every_steps", eval_every_steps)
         check_positive_int("max_steps", max_steps)
+        self._stop_reason = None
         history = model_dir_files.read_json(self.model_dir / model_dir_files.EVAL_HISTORY_FILE, default=[])
         history = [results for results in history if results["global_step"] <= self.step]
         reason = self._stop_early(history)
@@ -508,14 +549,21 @@ class Estimator:
     ) -> None:
         metric, mode = self.best_metric()
         value = early_stopping.metric_value(results, metric)
+        if math.isnan(value):
+            logging.warning("%s is NaN at step %d: not a best checkpoint.", metric, self.step)
+            return
         best_file = self.model_dir / BEST_DIR / model_dir_files.BEST_FILE
         best = model_dir_files.read_json(best_file, default=None)
-        if best is not None and best["metric"] == metric:
-            if math.isnan(value) or not (value > best["value"] if mode == "max" else value < best["value"]):
+        if best is not None and (best["metric"], best["mode"]) == (metric, mode):
+            if not early_stopping.improves(value, best["value"], mode):
                 return
         elif best is not None:
             logging.warning(
-                "The best checkpoint was chosen by %s; from now on by %s.", best["metric"], metric
+                "The best checkpoint was chosen by %s (%s); from now on by %s (%s), from this evaluation on.",
+                best["metric"],
+                best["mode"],
+                metric,
+                mode,
             )
         path = self._best_manager.save(checkpoint_number=self.step)
         if not self.is_chief:
@@ -533,6 +581,7 @@ class Estimator:
         )
         logging.info("New best %s %.6g at step %d: kept in %s", metric, value, self.step, path)
         if export_best is not None:
+            self._stop_if_asked()
             export.export_saved_model(self.model, export_best, exports_to_keep=exports_to_keep)
 
     # -- export -----------------------------------------------------------------------------------

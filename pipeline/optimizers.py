@@ -14,6 +14,7 @@ import keras
 import tensorflow as tf
 
 from pipeline.config import TrainConfig
+from pipeline.errors import ConfigError
 
 Schedule = keras.optimizers.schedules.LearningRateSchedule
 
@@ -75,16 +76,30 @@ class LinearWarmUp(Schedule):
         return cls(keras.saving.deserialize_keras_object(config["after"]), config["warmup_steps"])
 
 
-def learning_rate_schedule(train: TrainConfig) -> Schedule:
-    """The schedule `train` describes (validated by `TrainConfig.validate`)."""
+def decays_over_the_run(train: TrainConfig) -> bool:
+    """Whether the schedule's length is the run's (`decay_steps` 0), so it depends on `max_steps`."""
+    return train.learning_rate_schedule in ("exponential", "cosine") and not train.decay_steps
+
+
+def learning_rate_schedule(train: TrainConfig, max_steps: int | None = None) -> Schedule:
+    """The schedule `train` describes (validated by `TrainConfig.validate`) for a run to `max_steps`.
+
+    Raises:
+        ConfigError: the schedule decays over the run and `max_steps` is not given.
+    """
     name = train.learning_rate_schedule
+    decay_steps = train.decay_steps
+    if decays_over_the_run(train):
+        if max_steps is None:
+            raise ConfigError(
+                f"The {name} schedule decays over the run (decay_steps 0): give the run's max_steps."
+            )
+        decay_steps = max(1, max_steps - train.warmup_steps)
     schedules = keras.optimizers.schedules
     if name == "exponential":
-        schedule: Schedule = schedules.ExponentialDecay(
-            train.learning_rate, train.decay_steps, train.decay_rate
-        )
+        schedule: Schedule = schedules.ExponentialDecay(train.learning_rate, decay_steps, train.decay_rate)
     elif name == "cosine":
-        schedule = schedules.CosineDecay(train.learning_rate, train.decay_steps, alpha=train.cosine_alpha)
+        schedule = schedules.CosineDecay(train.learning_rate, decay_steps, alpha=train.cosine_alpha)
     elif name == "piecewise":
         schedule = schedules.PiecewiseConstantDecay(
             [float(b) for b in train.piecewise_boundaries], [float(v) for v in train.piecewise_values]

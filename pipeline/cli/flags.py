@@ -8,11 +8,13 @@ training flags given explicitly replace the saved ones (a resumed run may, say, 
 from __future__ import annotations
 
 import dataclasses
+import math
+import sys
 import textwrap
 from collections.abc import Callable
 from typing import Any
 
-from absl import flags, logging
+from absl import flags
 
 from pipeline import data, warm_start
 from pipeline import model_dir as model_dir_files
@@ -141,11 +143,16 @@ flags.DEFINE_integer(
 flags.DEFINE_integer(
     "decay_steps",
     _TRAIN.decay_steps,
-    "exponential: steps per --decay_rate; cosine: steps to decay over (default: --max_steps less warm-up).",
+    "exponential: steps per --decay_rate; cosine: steps to decay over. 0: the whole run, whatever "
+    "--max_steps it is trained to (less the warm-up).",
 )
 flags.DEFINE_float("decay_rate", _TRAIN.decay_rate, "exponential: factor per --decay_steps.")
 flags.DEFINE_float("cosine_alpha", _TRAIN.cosine_alpha, "cosine: final rate, as a fraction of the first.")
-flags.DEFINE_list("piecewise_boundaries", [], "piecewise: steps where the rate changes, e.g. 1000,2000.")
+flags.DEFINE_list(
+    "piecewise_boundaries",
+    [],
+    "piecewise: steps where the rate changes, e.g. 1000,2000 (counted after warm-up).",
+)
 flags.DEFINE_list(
     "piecewise_values", [], "piecewise: the rates, one more than boundaries, e.g. 0.01,0.001,0.0001."
 )
@@ -432,8 +439,8 @@ def resolve_config(saved: ExperimentConfig | None, config_path: str) -> Experime
     if saved is None:
         config = config_from_flags()
         if FLAGS.warm_start_from:
-            config = _warm_start_features(config)
-        return _with_decay_steps(config).validate()
+            config = warm_start.with_source_features(config, FLAGS.warm_start_from)
+        return config.validate()
     requested = config_from_flags(with_features=False)
     for flag, value_of in _FIXED_FLAGS.items():
         old, new = value_of(saved), value_of(requested)
@@ -458,45 +465,22 @@ def resolve_config(saved: ExperimentConfig | None, config_path: str) -> Experime
         resolved = dataclasses.replace(
             resolved, data=dataclasses.replace(saved.data, tabular=_moved_files(saved.data))
         )
-    return _with_decay_steps(resolved).validate()
+    return resolved.validate()
 
 
 def max_steps(config: ExperimentConfig) -> int:
-    """The step training ends at: --max_steps, or the steps --num_epochs passes over the data take."""
+    """The step training ends at: --max_steps, or the steps --num_epochs passes over the data take.
+
+    Both on the command line is an error; a --max_steps from a --flagfile (a named experiment) gives way to
+    a --num_epochs on the command line.
+    """
     if FLAGS.num_epochs is None:
         return FLAGS.max_steps
-    if FLAGS["max_steps"].present:
+    if any(arg.split("=", 1)[0] in ("--max_steps", "-max_steps") for arg in sys.argv[1:]):
         raise ConfigError("Give --max_steps or --num_epochs, not both.")
-    if not FLAGS.num_epochs > 0:
-        raise ConfigError(f"--num_epochs must be > 0. Received: --num_epochs={FLAGS.num_epochs}")
+    if not (math.isfinite(FLAGS.num_epochs) and FLAGS.num_epochs > 0):
+        raise ConfigError(f"--num_epochs must be a number > 0. Received: --num_epochs={FLAGS.num_epochs}")
     return data.steps_for_epochs(config.data, FLAGS.num_epochs, config.train.batch_size)
-
-
-def _with_decay_steps(config: ExperimentConfig) -> ExperimentConfig:
-    """Exponential and cosine schedules decay over the whole run (after warm-up) unless told otherwise."""
-    train = config.train
-    if train.learning_rate_schedule not in ("exponential", "cosine") or train.decay_steps:
-        return config
-    decay_steps = max(1, max_steps(config) - train.warmup_steps)
-    return dataclasses.replace(config, train=dataclasses.replace(train, decay_steps=decay_steps))
-
-
-def _warm_start_features(config: ExperimentConfig) -> ExperimentConfig:
-    """The warm-start source's features (vocabularies, statistics) when it has the same inputs: a category
-    keeps its embedding row and a number its normalisation, so fine-tuning on new data continues the model
-    rather than scrambling it."""
-    _, source = warm_start.source(FLAGS.warm_start_from)
-    ours = [(f.name, f.kind, f.dim) for f in config.model.features]
-    theirs = [(f.name, f.kind, f.dim) for f in source.model.features]
-    if ours != theirs:
-        logging.info(
-            "--warm_start_from=%s has other inputs; its embeddings and statistics are not reused.",
-            FLAGS.warm_start_from,
-        )
-        return config
-    return dataclasses.replace(
-        config, model=dataclasses.replace(config.model, features=source.model.features)
-    )
 
 
 def _moved_files(saved: DataConfig) -> TabularDataConfig:
@@ -637,24 +621,20 @@ HELP_GROUPS: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
     ),
     (
         "Evaluation, early stopping and the best checkpoint",
-        ("evaluate", "train_and_evaluate", "demo"),
+        ("train_and_evaluate", "demo"),
         (
             "eval_every_steps",
-            "eval_split",
-            "continuous",
-            "timeout_secs",
             "early_stopping_metric",
             "early_stopping_mode",
             "early_stopping_patience",
             "early_stopping_min_delta",
             "best_metric",
+            "export_best",
         ),
     ),
-    (
-        "Export",
-        ("evaluate", "export", "train_and_evaluate", "demo"),
-        ("checkpoint", "export_base", "exports_to_keep", "export_best"),
-    ),
+    ("Evaluation", ("evaluate",), ("eval_split", "continuous", "timeout_secs")),
+    ("Which checkpoint", ("evaluate", "export"), ("checkpoint",)),
+    ("Export", ("export", "train_and_evaluate", "demo"), ("export_base", "exports_to_keep")),
     ("Data conversion", ("data",), ("shards",)),
     ("Output", ("predict", "data"), ("output",)),
     ("The model to serve or query", ("serve", "predict"), ("model_name",)),

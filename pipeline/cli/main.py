@@ -68,16 +68,13 @@ def _estimator(require_saved: bool) -> Estimator:
     config_path = str(Path(FLAGS.model_dir) / model_dir_files.CONFIG_FILE)
     config = cli_flags.resolve_config(saved, config_path)
     strategy = distribute.select_strategy(FLAGS.distribution_strategy)
-    estimator = Estimator(
+    return Estimator(
         config,
         FLAGS.model_dir,
         strategy=strategy,
         warm_start_from=None if require_saved else FLAGS.warm_start_from,
         warm_start_optimizer=FLAGS.warm_start_optimizer,
     )
-    if estimator.warm_start_report is not None:
-        print("\n".join(estimator.warm_start_report.lines()), flush=True)
-    return estimator
 
 
 def _input_fn(estimator: Estimator, split: str) -> data.InputFn:
@@ -166,6 +163,8 @@ def _stoppable(estimator: Estimator, work: Callable[[], T]) -> T:
 
 
 def train() -> None:
+    if FLAGS.export_best:
+        raise ConfigError("--export_best exports the best evaluation: use it with train_and_evaluate.")
     estimator = _estimator(require_saved=False)
     max_steps = cli_flags.max_steps(estimator.config)
     _stoppable(estimator, lambda: estimator.train(_input_fn(estimator, "train"), max_steps))
@@ -186,8 +185,10 @@ def _evaluate_continuously() -> None:
         raise ConfigError("--continuous evaluates each new checkpoint; it takes no --checkpoint.")
     if not FLAGS.model_dir:
         raise ConfigError("--model_dir is required.")
-    existing = model_dir_files.checkpoint_steps(FLAGS.model_dir)
+    present_at_start = model_dir_files.checkpoint_steps(FLAGS.model_dir)
     deadline = time.monotonic() + FLAGS.timeout_secs
+    if model_dir_files.load_config(FLAGS.model_dir) is None:
+        logging.info("Waiting for training to start in %s.", FLAGS.model_dir)
     while model_dir_files.load_config(FLAGS.model_dir) is None:
         if time.monotonic() > deadline:
             raise ConfigError(
@@ -202,7 +203,7 @@ def _evaluate_continuously() -> None:
         timeout_secs=FLAGS.timeout_secs,
         split=split,
         files=_split_files(estimator, split),
-        after_step=existing[-2] if len(existing) > 1 else -1,
+        present_at_start=present_at_start,
     )
     for each in results:
         _print_results(each)

@@ -92,7 +92,7 @@ def test_continuous_evaluation_evaluates_each_checkpoint_of_a_concurrent_trainer
     evaluator = _start(
         "evaluate", f"--model_dir={model_dir}", "--continuous", "--timeout_secs=120", "--max_steps=100"
     )
-    time.sleep(1)  # the evaluator waits for a trainer that has not started yet
+    _wait_for_line(evaluator, "Waiting for training to start")
     trainer = mtl("train", f"--model_dir={model_dir}", "--max_steps=100", *SMALL, "--keep_checkpoint_max=10")
     assert trainer.returncode == 0, trainer.stderr
     stdout, stderr = evaluator.communicate(timeout=180)
@@ -146,7 +146,7 @@ def test_the_best_checkpoint_survives_keep_checkpoint_max_and_exports(tmp_path):
     assert_one_line_error(
         missing,
         "export",
-        f"--checkpoint=40: {model_dir} has no checkpoint of step 40; it has steps 80 (and latest, best).",
+        f"{model_dir} has no checkpoint of step 40; it has steps 80 (and latest, best).",
     )
 
 
@@ -207,12 +207,11 @@ def test_warm_start_fine_tunes_on_new_data_with_the_source_vocabulary(tmp_path):
         *common,
     )
     assert tuned.returncode == 0, tuned.stderr
-    lines = tuned.stdout.splitlines()
     source_model = load_config(tmp_path / "source").model
-    assert lines[0] == (f"Warm-started from {tmp_path / 'source' / 'ckpt-20'}: loaded 11 of 11 variables."), (
-        tuned.stdout
+    assert (
+        f"] Warm-started from {tmp_path / 'source' / 'ckpt-20'}: loaded 11 of 11 variables.\n" in tuned.stderr
     )
-    assert "  loaded     shared_bottom/tower_spend/logit/kernel" in lines
+    assert "]   loaded     shared_bottom/tower_spend/logit/kernel\n" in tuned.stderr
     assert load_config(tmp_path / "tuned").model.features == source_model.features
 
 
@@ -232,6 +231,21 @@ def test_num_epochs_sets_the_steps_from_the_table_and_excludes_max_steps(tmp_pat
     both = mtl("train", f"--model_dir={tmp_path / 'other'}", "--num_epochs=2", "--max_steps=5", *common)
     assert_one_line_error(both, "train", "Give --max_steps or --num_epochs, not both.")
 
+    # A named experiment's --max_steps gives way to --num_epochs on the command line.
+    (tmp_path / "named.flags").write_text("--max_steps=5\n")
+    named = mtl(
+        "train",
+        f"--model_dir={tmp_path / 'named'}",
+        f"--flagfile={tmp_path / 'named.flags'}",
+        "--num_epochs=1",
+        *common,
+    )
+    assert named.returncode == 0, named.stderr
+    assert "step 6/6 (100%)" in named.stderr
+
+    endless = mtl("train", f"--model_dir={tmp_path / 'endless'}", "--num_epochs=inf", *common)
+    assert_one_line_error(endless, "train", "--num_epochs must be a number > 0. Received: --num_epochs=inf")
+
 
 def test_a_cosine_schedule_decays_over_the_run_and_its_rate_is_logged(tmp_path):
     model_dir = tmp_path / "run"
@@ -246,7 +260,7 @@ def test_a_cosine_schedule_decays_over_the_run_and_its_rate_is_logged(tmp_path):
         "--cosine_alpha=0.1",
     )
     assert trained.returncode == 0, trained.stderr
-    assert load_config(model_dir).train.decay_steps == 50  # --max_steps less the warm-up
+    assert load_config(model_dir).train.decay_steps == 0  # over the whole run: --max_steps less the warm-up
     rates = {}
     for path in (model_dir / "train").iterdir():
         for event in tf.compat.v1.train.summary_iterator(str(path)):
@@ -259,8 +273,24 @@ def test_a_cosine_schedule_decays_over_the_run_and_its_rate_is_logged(tmp_path):
     assert rates[60] == pytest.approx(0.001, rel=1e-5)
 
 
+def _mtl_with_default_logging(*args: str) -> subprocess.CompletedProcess:
+    env = _env()
+    env.pop("TF_CPP_MIN_LOG_LEVEL")
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline", *args], capture_output=True, text=True, timeout=300, env=env
+    )
+
+
+def test_mtl_starts_without_cpp_lines(tmp_path):
+    trained = _mtl_with_default_logging("train", f"--model_dir={tmp_path / 'run'}", "--max_steps=20", *SMALL)
+    assert trained.returncode == 0, trained.stderr
+    lines = trained.stderr.splitlines()
+    assert lines[0].startswith("I") and "estimator.py" in lines[0], lines[0]  # the first line is ours
+    assert not [line for line in lines if re.match(r"([IWE]0000 |WARNING: All log messages)", line)], lines
+
+
 def test_help_lists_the_mtl_flags_by_group_without_start_up_lines():
-    shown = mtl("--help")
+    shown = _mtl_with_default_logging("--help")
     assert shown.returncode == 0 and shown.stderr == "", shown.stderr
     assert shown.stdout.startswith("`mtl STAGE --flags`: the pipeline's stages")
     from pipeline.cli import flags as cli_flags

@@ -8,8 +8,8 @@ import pytest
 
 from pipeline import data
 from pipeline.config import ExperimentConfig
-from pipeline.early_stopping import best_evaluation, direction, metric_value, stop_reason
-from pipeline.errors import ConfigError
+from pipeline.early_stopping import direction, improves, metric_value, stop_reason
+from pipeline.errors import ConfigError, ModelDirError
 from pipeline.estimator import Estimator
 from tests.conftest import small_experiment
 
@@ -123,16 +123,14 @@ def test_nan_never_improves():
     )
 
 
-# -- best_evaluation and metric_value -----------------------------------------------------------------------
+# -- improves and metric_value ------------------------------------------------------------------------------
 
 
-def test_best_evaluation_is_the_earliest_best():
-    history = _aucs([0.70, 0.75, 0.75, 0.74])
-    assert best_evaluation(history, "income/auc") is history[1]
-    assert best_evaluation(history, "income/auc", mode="min") is history[0]
-    losses = _losses([0.5, 0.4, 0.45, 0.4])
-    assert best_evaluation(losses, "income/loss") is losses[1]
-    assert best_evaluation([], "income/auc") is None
+def test_improves_by_more_than_min_delta_and_never_with_nan():
+    assert improves(0.76, 0.75, "max") and not improves(0.75, 0.75, "max")
+    assert improves(0.4, 0.5, "min") and not improves(0.5, 0.4, "min")
+    assert not improves(0.755, 0.75, "max", min_delta=0.01) and improves(0.761, 0.75, "max", min_delta=0.01)
+    assert not improves(math.nan, 0.5, "min") and improves(0.5, math.nan, "min")
 
 
 def test_metric_value():
@@ -236,3 +234,65 @@ def test_train_and_evaluate_stops_early_keeps_the_best_and_remembers(tmp_path):
     assert "stopped_early" not in patient_results and patient_results["global_step"] == 5 * EVERY
     assert [h["global_step"] for h in _history(tmp_path)] == [EVERY * i for i in range(1, 6)]
     assert json.loads((tmp_path / "best" / "best.json").read_text())["global_step"] == EVERY
+
+
+def _nan_labels_first(input_fn):
+    """The input function, with NaN labels (so a NaN loss) on its first call: a first evaluation gone bad."""
+    calls = []
+
+    def make(context, start_step=0):
+        dataset = input_fn(context, start_step)
+        calls.append(start_step)
+        if len(calls) > 1:
+            return dataset
+        return dataset.map(lambda x, labels, w: (x, {k: v * float("nan") for k, v in labels.items()}, w))
+
+    return make
+
+
+def test_a_nan_evaluation_is_never_the_best(tmp_path):
+    config = small_experiment(save_checkpoints_steps=EVERY)
+    estimator = Estimator(config, tmp_path)
+    results = estimator.train_and_evaluate(
+        data.input_fn(config, "train"),
+        _nan_labels_first(data.input_fn(config, "eval")),
+        max_steps=2 * EVERY,
+        eval_every_steps=EVERY,
+    )
+    history = _history(tmp_path)
+    assert math.isnan(history[0]["loss"]) and not math.isnan(results["loss"])
+    best = json.loads((tmp_path / "best" / "best.json").read_text())
+    assert best["global_step"] == 2 * EVERY and best["value"] == results["loss"]
+
+
+def test_a_changed_best_metric_starts_choosing_anew(tmp_path):
+    config = small_experiment(save_checkpoints_steps=EVERY)
+    train_fn, eval_fn = data.input_fn(config, "train"), data.input_fn(config, "eval")
+    Estimator(config, tmp_path).train_and_evaluate(train_fn, eval_fn, max_steps=EVERY, eval_every_steps=EVERY)
+    first = json.loads((tmp_path / "best" / "best.json").read_text())
+    assert (first["metric"], first["mode"], first["global_step"]) == ("loss", "min", EVERY)
+
+    by_mae_of_y1 = small_experiment(save_checkpoints_steps=EVERY, best_metric="y1/mae")
+    Estimator(by_mae_of_y1, tmp_path).train_and_evaluate(
+        train_fn, eval_fn, max_steps=2 * EVERY, eval_every_steps=EVERY
+    )
+    best = json.loads((tmp_path / "best" / "best.json").read_text())
+    assert (best["metric"], best["mode"], best["global_step"]) == ("y1/mae", "min", 2 * EVERY)
+    assert sorted(p.name for p in (tmp_path / "best").glob("ckpt-*.index")) == [f"ckpt-{2 * EVERY}.index"]
+
+
+def test_training_after_restoring_an_older_checkpoint_is_refused(tmp_path):
+    config = _plateau_config()
+    train_fn, eval_fn = data.input_fn(config, "train"), data.input_fn(config, "eval")
+    Estimator(config, tmp_path).train_and_evaluate(
+        train_fn, eval_fn, max_steps=3 * EVERY, eval_every_steps=EVERY
+    )
+    estimator = Estimator(config, tmp_path)
+    estimator.restore("best")
+    with pytest.raises(ModelDirError) as error:
+        estimator.train(train_fn, max_steps=4 * EVERY)
+    assert str(error.value) == (
+        f"The loaded checkpoint (step {EVERY}) is not the latest of {tmp_path}; training goes on from the "
+        "latest one, with a new Estimator."
+    )
+    assert estimator.restore("latest") and estimator.train(train_fn, max_steps=4 * EVERY)["global_step"] == 80

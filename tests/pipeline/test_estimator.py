@@ -1,5 +1,6 @@
 import dataclasses
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -105,7 +106,7 @@ def test_a_model_dir_holding_another_architecture_is_refused(tmp_path):
 
 def test_evaluate_needs_a_checkpoint(tmp_path):
     config = small_experiment()
-    with pytest.raises(ModelDirError, match="No checkpoint in --model_dir="):
+    with pytest.raises(ModelDirError, match="No checkpoint in .*; train there first."):
         Estimator(config, tmp_path).evaluate(_input_fns(config)[1])
 
 
@@ -140,3 +141,33 @@ def test_binary_task_auc_is_computed_on_that_tasks_own_labels(tmp_path):
     assert results["tasks"]["y1_binary"]["auc"] == pytest.approx(expected, abs=2e-3)
     assert expected > 0.8
     assert sorted(results["tasks"]["y1_binary"]) == ["auc", "examples", "log_loss", "loss"]
+
+
+def test_continuous_evaluation_evaluates_each_checkpoint_once_and_skips_deleted_ones(tmp_path, caplog):
+    config = small_experiment(save_checkpoints_steps=10, keep_checkpoint_max=10)
+    Estimator(config, tmp_path).train(data.input_fn(config, "train"), max_steps=40)
+    (tmp_path / "ckpt-20.data-00000-of-00001").unlink()  # deleted while being written over
+    for part in tmp_path.glob("ckpt-30.*"):  # deleted whole
+        part.unlink()
+    evaluator = Estimator(config, tmp_path)
+    with caplog.at_level(logging.WARNING):
+        results = list(
+            evaluator.evaluate_continuously(
+                data.input_fn(config, "eval"), max_steps=40, timeout_secs=0, present_at_start=[]
+            )
+        )
+    assert [r["global_step"] for r in results] == [10, 40]
+    skipped = [
+        r.getMessage() for r in caplog.records if "deleted before it could be evaluated" in r.getMessage()
+    ]
+    assert (
+        len(skipped) == 2
+        and str(tmp_path / "ckpt-20") in skipped[0]
+        and str(tmp_path / "ckpt-30") in skipped[1]
+    )
+
+    # Started now, it evaluates the latest checkpoint and waits for newer ones, up to the timeout.
+    assert [
+        r["global_step"]
+        for r in evaluator.evaluate_continuously(data.input_fn(config, "eval"), max_steps=100, timeout_secs=0)
+    ] == [40]

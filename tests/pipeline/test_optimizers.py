@@ -127,12 +127,8 @@ def test_warm_up_schedule_survives_keras_serialization():
     ("overrides", "message"),
     [
         (
-            {"learning_rate_schedule": "exponential"},
-            "`decay_steps` must be a positive integer for the exponential schedule. Received: decay_steps=0",
-        ),
-        (
-            {"learning_rate_schedule": "cosine"},
-            "`decay_steps` must be a positive integer for the cosine schedule. Received: decay_steps=0",
+            {"learning_rate_schedule": "cosine", "decay_steps": -1},
+            "`decay_steps` must be an integer >= 0. Received: decay_steps=-1",
         ),
         (
             {
@@ -191,6 +187,7 @@ def test_invalid_schedules_are_refused(overrides, message):
 
 def test_valid_schedules_pass_validation():
     for config in (
+        TrainConfig(learning_rate_schedule="cosine"),  # decay_steps 0: over the whole run
         TrainConfig(learning_rate_schedule="exponential", decay_steps=1),
         TrainConfig(learning_rate_schedule="cosine", decay_steps=1, cosine_alpha=1.0),
         TrainConfig(
@@ -318,3 +315,38 @@ def test_a_run_may_resume_with_another_schedule(tmp_path):
     assert resumed.step == 10 and resumed.learning_rate == pytest.approx(0.005)  # 0.01 * 0.5 ** (10 / 10)
     resumed.train(train_fn, max_steps=20)
     assert float(resumed.optimizer.learning_rate) == pytest.approx(0.01 * 0.5 ** (19 / 10), rel=1e-6)
+
+
+def test_a_schedule_without_decay_steps_decays_over_the_run_it_is_trained_for():
+    config = TrainConfig(
+        learning_rate=0.1, learning_rate_schedule="cosine", cosine_alpha=0.2, warmup_steps=10
+    )
+    # Warm-up to step 9, then cosine over 60 - 10 = 50 steps: 0.1 * (0.8 * 0.5 * (1 + cos(pi * s / 50)) + 0.2)
+    assert _rates(learning_rate_schedule(config, max_steps=60), [35, 60]) == pytest.approx(
+        [0.06, 0.02], rel=1e-6
+    )
+    with pytest.raises(ConfigError) as error:
+        learning_rate_schedule(config)
+    assert (
+        str(error.value)
+        == "The cosine schedule decays over the run (decay_steps 0): give the run's max_steps."
+    )
+
+
+def test_a_run_resumed_to_more_steps_stretches_a_schedule_over_the_run(tmp_path):
+    config = small_experiment(learning_rate=0.01, learning_rate_schedule="cosine", save_checkpoints_steps=10)
+    train_fn = data.input_fn(config, "train")
+    first = Estimator(config, tmp_path)
+    first.train(train_fn, max_steps=20)
+    assert first.learning_rate == pytest.approx(0.0)  # the end of a cosine over 20 steps
+    resumed = Estimator(config, tmp_path)
+    with pytest.raises(ConfigError):
+        resumed.learning_rate  # noqa: B018  (known once a run trains)
+    resumed.train(train_fn, max_steps=40)
+    # The last update (iteration 39) used 0.01 * 0.5 * (1 + cos(pi * 39 / 40)): not 0, as a schedule fixed
+    # to the first run's 20 steps would give.
+    assert float(resumed.optimizer.learning_rate) == pytest.approx(
+        0.01 * 0.5 * (1 + math.cos(math.pi * 39 / 40)),
+        rel=1e-4,  # float32 cosine near its end
+    )
+    assert float(resumed.optimizer.learning_rate) > 0

@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 
 from pipeline import data
-from pipeline.config import TaskConfig
+from pipeline.config import DataConfig, ExperimentConfig, ModelConfig, TaskConfig, TrainConfig
+from pipeline.data.schema import schema_from_dict
 from pipeline.errors import ModelDirError
 from pipeline.estimator import Estimator
+from pipeline.warm_start import with_source_features
 from tests.conftest import TASKS, small_experiment
 
 BINARY = TaskConfig(name="y1_binary", label="y1_binary", type="binary", loss="log_loss")
@@ -168,9 +170,7 @@ def test_warm_start_from_a_path_without_a_checkpoint(tmp_path):
     for path in (tmp_path / "empty", tmp_path / "missing", tmp_path / "empty" / "ckpt-10"):
         with pytest.raises(ModelDirError) as error:
             Estimator(small_experiment(), tmp_path / "target", warm_start_from=path)
-        assert str(error.value) == (
-            f"--warm_start_from={path} is neither a model_dir with a checkpoint nor a checkpoint."
-        )
+        assert str(error.value) == f"{path} is neither a model_dir with a checkpoint nor a checkpoint."
 
 
 def test_warm_start_from_a_checkpoint_without_its_config(tmp_path, trained_source):
@@ -181,7 +181,7 @@ def test_warm_start_from_a_checkpoint_without_its_config(tmp_path, trained_sourc
     with pytest.raises(ModelDirError) as error:
         Estimator(small_experiment(), tmp_path / "target", warm_start_from=tmp_path / "copied" / "ckpt-20")
     assert str(error.value) == (
-        f"--warm_start_from={tmp_path / 'copied' / 'ckpt-20'}: no config.json beside the checkpoint "
+        f"{tmp_path / 'copied' / 'ckpt-20'}: no config.json beside the checkpoint "
         f"{tmp_path / 'copied' / 'ckpt-20'}."
     )
 
@@ -206,6 +206,85 @@ def test_reordered_tasks_do_not_take_another_tasks_gate(tmp_path, trained_source
     source_dir, source = trained_source
     config = _with_model(small_experiment(), tasks=tuple(reversed(TASKS)))  # y2, y1
     target = Estimator(config, tmp_path, warm_start_from=source_dir)
-    y2_gate_here = np.asarray(target.model.bottom.gates[0].kernel)
-    y1_gate_in_source = np.asarray(source.model.bottom.gates[0].kernel)
-    assert not np.array_equal(y2_gate_here, y1_gate_in_source)
+    assert [gate.name for gate in target.model.bottom.gates] == ["gate_y2", "gate_y1"]
+    assert target.warm_start_report.not_loaded == ()
+    for task, here, there in (("y2", 0, 1), ("y1", 1, 0)):  # each task takes its own gate from the source
+        np.testing.assert_array_equal(
+            np.asarray(target.model.bottom.gates[here].kernel),
+            np.asarray(source.model.bottom.gates[there].kernel),
+            err_msg=task,
+        )
+
+
+def test_another_architecture_takes_what_it_shares(tmp_path, trained_source):
+    source_dir, source = trained_source
+    target = Estimator(small_experiment("omoe"), tmp_path, warm_start_from=source_dir)
+    report = target.warm_start_report
+    assert sorted(report.not_loaded) == [("omoe/experts/gate/kernel", "not in the source")]
+    source_values = {path.split("/", 1)[1]: value for path, value in _values(source.model.variables).items()}
+    for path in report.loaded:
+        np.testing.assert_array_equal(
+            np.asarray(_values(target.model.variables)[path]),
+            source_values[path.split("/", 1)[1]],
+            err_msg=path,
+        )
+    assert len(report.loaded) == 10  # experts, towers: all but MMoE's two gates
+
+
+def test_a_model_sharing_nothing_is_refused(tmp_path, trained_source):
+    source_dir, _ = trained_source
+    config = _with_model(small_experiment("shared_bottom"), tasks=(BINARY,))
+    with pytest.raises(ModelDirError) as error:
+        Estimator(config, tmp_path, warm_start_from=source_dir)
+    assert str(error.value) == f"Nothing in {source_dir / 'ckpt-20'} matches this model by name and shape."
+
+
+# -- categorical inputs -------------------------------------------------------------------------------
+
+
+def _table(path, categories, seed):
+    rng = np.random.default_rng(seed)
+    rows = ["x,k,y"] + [f"{rng.normal():.3f},{rng.choice(categories)},{rng.normal():.3f}" for _ in range(200)]
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def _table_experiment(path):
+    schema = schema_from_dict(
+        {
+            "features": [{"name": "x", "type": "numeric"}, {"name": "k", "type": "categorical"}],
+            "tasks": [{"name": "y", "column": "y", "type": "regression"}],
+        }
+    )
+    tabular = data.table_config("csv", schema, [str(path)], split="80/20/0")
+    data_config = DataConfig(source="csv", tabular=tabular)
+    model = ModelConfig(
+        architecture="shared_bottom",
+        features=data.features(data_config),
+        tasks=data.tasks(data_config),
+        bottom_units=(8,),
+        tower_units=(4,),
+    )
+    return ExperimentConfig(
+        model=model, data=data_config, train=TrainConfig(batch_size=32, save_checkpoints_steps=5)
+    )
+
+
+def test_an_embedding_table_loads_only_for_the_same_categories(tmp_path):
+    source_config = _table_experiment(_table(tmp_path / "a.csv", ["a", "b", "c"], seed=0))
+    Estimator(source_config, tmp_path / "source").train(data.input_fn(source_config, "train"), max_steps=5)
+    # New data in which the categories are as frequent in another order: another vocabulary order.
+    other = _table_experiment(_table(tmp_path / "b.csv", ["c"] * 3 + ["b"] * 2 + ["a"], seed=1))
+    assert other.model.features != source_config.model.features
+    report = Estimator(other, tmp_path / "other", warm_start_from=tmp_path / "source").warm_start_report
+    assert report.not_loaded == (
+        (
+            "shared_bottom/features/embedding_4/embeddings",
+            "the source's categorical inputs or vocabularies differ",
+        ),
+    )
+    # Taking the source's inputs, the table loads: every category keeps its row.
+    reused = with_source_features(other, tmp_path / "source")
+    assert reused.model.features == source_config.model.features and reused.data == other.data
+    report = Estimator(reused, tmp_path / "reused", warm_start_from=tmp_path / "source").warm_start_report
+    assert report.not_loaded == () and "shared_bottom/features/embedding_4/embeddings" in report.loaded

@@ -34,6 +34,7 @@ _EXPORTS = {
     "model_fn": "pipeline.models",
     "TrainingStopped": "pipeline.errors",
     "UserError": "pipeline.errors",
+    "import_tensorflow_quietly": "pipeline.quiet",
 }
 
 # `pipeline.features` is a module, so the data's features function is exported under another name.

@@ -47,9 +47,12 @@ class Estimator:
         warm_start_from: a `model_dir` or checkpoint whose variables of equal name and shape initialise a
             `model_dir` without checkpoints (see `pipeline.warm_start`); ignored when resuming.
         warm_start_optimizer: also carry the source's optimizer state (its step and slots).
+        checkpoint: the checkpoint to load when `model_dir` has any: `latest` (to train on), or `best` or a
+            step (to evaluate or export; see `restore`).
 
     Raises:
         ConfigError: `config` is invalid or differs from the model saved in `model_dir`.
+        ModelDirError: `checkpoint` names a checkpoint `model_dir` does not hold.
     """
 
     def __init__(
@@ -59,6 +62,7 @@ class Estimator:
         strategy: tf.distribute.Strategy | None = None,
         warm_start_from: str | os.PathLike | None = None,
         warm_start_optimizer: bool = False,
+        checkpoint: str = "latest",
     ) -> None:
         self.config = config.validate()
         self.model_dir = model_dir_files.check_usable(model_dir)
@@ -98,7 +102,11 @@ class Estimator:
             step_counter=self.global_step,
         )
         self.warm_start_report: WarmStartReport | None = None
-        if not self._restore_latest() and warm_start_from is not None:
+        self._detached = False  # whether the loaded checkpoint is not the latest
+        trained = tf.train.latest_checkpoint(str(self.model_dir)) is not None
+        if trained or checkpoint != "latest":
+            self.restore(checkpoint)
+        elif warm_start_from is not None:
             with self.strategy.scope():
                 self.warm_start_report = warm_start(
                     self.model, self.optimizer, warm_start_from, warm_start_optimizer
@@ -112,16 +120,8 @@ class Estimator:
         # The schedule of the run being trained: one that decays over the run needs its max_steps.
         self._schedule_steps: int | None = None
         self.schedule = None if decays_over_the_run(config.train) else learning_rate_schedule(config.train)
-        self._detached = False  # whether `restore` loaded a checkpoint other than the latest
 
     # -- checkpoints ------------------------------------------------------------------------------
-
-    def _restore_latest(self) -> bool:
-        latest = tf.train.latest_checkpoint(str(self.model_dir))
-        if latest is None:
-            return False
-        self._restore(latest)
-        return True
 
     def _restore(self, path: str) -> None:
         self._checkpoint.restore(path).assert_existing_objects_matched()
@@ -377,10 +377,13 @@ class Estimator:
                 metric.reset_state()
         started = time.perf_counter()
         examples = 0
-        progress = PassProgress(f"Evaluating the {split} split at step {self.step}", "examples")
+        progress = None
         dataset = self.strategy.distribute_datasets_from_function(lambda context: input_fn(context, 0))
         for features, labels, weights in dataset:
             self._stop_if_asked()
+            progress = progress or PassProgress(
+                f"Evaluating the {split} split at step {self.step}", "examples"
+            )
             examples += int(self._eval_batch_fn(features, labels, weights))
             progress.update(examples)
         tasks = {
@@ -405,7 +408,11 @@ class Estimator:
             self.step,
             time.perf_counter() - started,
             "; ".join(
-                f"{name} " + " ".join(f"{metric} {value:.4g}" for metric, value in values.items())
+                f"{name} "
+                + " ".join(
+                    f"{metric} {value}" if isinstance(value, int) else f"{metric} {value:.4g}"
+                    for metric, value in values.items()
+                )
                 for name, values in tasks.items()
             ),
         )
@@ -452,6 +459,18 @@ class Estimator:
             for step in model_dir_files.checkpoint_steps(self.model_dir):
                 if step <= after_step:
                     continue
+                every = self.config.train.save_checkpoints_steps
+                missed = [
+                    s for s in range((after_step // every + 1) * every, step, every) if s > after_step >= 0
+                ]
+                if missed:
+                    logging.warning(
+                        "%d checkpoint(s) of steps %d to %d were deleted (keep_checkpoint_max) before they "
+                        "could be evaluated.",
+                        len(missed),
+                        missed[0],
+                        missed[-1],
+                    )
                 after_step = step
                 path = str(self.model_dir / f"ckpt-{step}")
                 try:
@@ -508,22 +527,47 @@ class Estimator:
         if reason:
             logging.info("Stopped early before: %s. Nothing to train.", reason)
             return {**history[-1], "stopped_early": reason}
-        while True:
+        # A run stopped (by a signal) at an evaluation step before evaluating it evaluates it now, so its
+        # history, early stopping and best checkpoint are those of an uninterrupted run.
+        evaluated = bool(history) and history[-1]["global_step"] == self.step
+        results = history[-1] if evaluated else {}
+        at_evaluation = self.step % eval_every_steps == 0 or self.step >= max_steps
+        if self.step and at_evaluation and not evaluated:
+            results, history, reason = self._evaluate_and_decide(
+                eval_input_fn, eval_files, history, export_best, exports_to_keep
+            )
+            if reason:
+                return results
+        while self.step < max_steps:
             target = min(max_steps, (self.step // eval_every_steps + 1) * eval_every_steps)
             self._train(train_input_fn, target, max_steps)
-            results = self.evaluate(eval_input_fn, "eval", eval_files)
-            history = [r for r in history if r["global_step"] != results["global_step"]] + [results]
-            if self.is_chief:
-                model_dir_files.write_json_atomically(
-                    self.model_dir / model_dir_files.EVAL_HISTORY_FILE, history
-                )
-            self._keep_if_best(results, export_best, exports_to_keep)
-            reason = self._stop_early(history)
+            results, history, reason = self._evaluate_and_decide(
+                eval_input_fn, eval_files, history, export_best, exports_to_keep
+            )
             if reason:
-                logging.info("Stopping early at step %d: %s.", self.step, reason)
-                return {**results, "stopped_early": reason}
-            if self.step >= max_steps:
                 return results
+        return results
+
+    def _evaluate_and_decide(
+        self,
+        eval_input_fn: InputFn,
+        eval_files: tuple[str, ...],
+        history: list[dict[str, Any]],
+        export_best: str | os.PathLike | None,
+        exports_to_keep: int | None,
+    ) -> tuple[dict[str, Any], list[dict[str, Any]], str | None]:
+        """Evaluates, records the evaluation, keeps the checkpoint if it is the best, and decides whether to
+        stop early; returns the results (with `stopped_early` when stopping), the history and the reason."""
+        results = self.evaluate(eval_input_fn, "eval", eval_files)
+        history = [r for r in history if r["global_step"] != results["global_step"]] + [results]
+        if self.is_chief:
+            model_dir_files.write_json_atomically(self.model_dir / model_dir_files.EVAL_HISTORY_FILE, history)
+        self._keep_if_best(results, export_best, exports_to_keep)
+        reason = self._stop_early(history)
+        if reason:
+            logging.info("Stopping early at step %d: %s.", self.step, reason)
+            results = {**results, "stopped_early": reason}
+        return results, history, reason
 
     def _stop_early(self, history: list[dict[str, Any]]) -> str | None:
         train = self.config.train

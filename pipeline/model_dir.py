@@ -36,9 +36,10 @@ def check_usable(model_dir: str | os.PathLike) -> Path:
 
 
 def write_json_atomically(path: Path, payload: Any) -> None:
-    """Writes JSON so that a reader sees the old file or the new one, never half of one."""
+    """Writes JSON (keys in their order: metrics as evaluation reports them) so that a reader sees the old
+    file or the new one, never half of one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = payload if isinstance(payload, str) else json.dumps(payload, indent=2, sort_keys=True)
+    text = payload if isinstance(payload, str) else json.dumps(payload, indent=2)
     with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as f:
         f.write(text)
     os.replace(f.name, path)

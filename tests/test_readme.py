@@ -6,6 +6,8 @@ import json
 import re
 from pathlib import Path
 
+from absl import logging
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
@@ -17,7 +19,11 @@ def _python_api_example() -> str:
 def test_the_python_api_example_trains_and_exports_the_best(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
-    exec(compile(_python_api_example(), str(README), "exec"), namespace)
+    verbosity = logging.get_verbosity()
+    try:
+        exec(compile(_python_api_example(), str(README), "exec"), namespace)
+    finally:
+        logging.set_verbosity(verbosity)
     printed = capsys.readouterr().out.splitlines()
     rmse, step = re.fullmatch(r"y1 RMSE (\S+) at step (\d+)", printed[0]).groups()
     assert float(rmse) < 0.6 and int(step) % 200 == 0

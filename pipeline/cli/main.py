@@ -15,9 +15,9 @@ experiments). `mtl STAGE --help` lists the stage's flags, `mtl --help` every `mt
 
 from __future__ import annotations
 
-from pipeline.cli import quiet
+from pipeline.quiet import import_tensorflow_quietly
 
-quiet.import_tensorflow()  # first, so that no C++ start-up line reaches the terminal
+import_tensorflow_quietly()  # first, so that no C++ start-up line reaches the terminal
 
 import contextlib  # noqa: E402
 import dataclasses  # noqa: E402
@@ -56,7 +56,7 @@ _SIGNAL_NAMES = {each.name for each in _STOP_SIGNALS}
 STOPPED_EXIT_CODE = 128
 
 
-def _estimator(require_saved: bool) -> Estimator:
+def _estimator(require_saved: bool, checkpoint: str = "latest") -> Estimator:
     if not FLAGS.model_dir:
         raise ConfigError("--model_dir is required.")
     saved = model_dir_files.load_config(FLAGS.model_dir)
@@ -74,6 +74,7 @@ def _estimator(require_saved: bool) -> Estimator:
         strategy=strategy,
         warm_start_from=None if require_saved else FLAGS.warm_start_from,
         warm_start_optimizer=FLAGS.warm_start_optimizer,
+        checkpoint=checkpoint,
     )
 
 
@@ -174,8 +175,7 @@ def evaluate() -> None:
     if FLAGS.continuous:
         _evaluate_continuously()
         return
-    estimator = _estimator(require_saved=True)
-    estimator.restore(FLAGS.checkpoint)
+    estimator = _estimator(require_saved=True, checkpoint=FLAGS.checkpoint)
     _print_results(_evaluate(estimator, FLAGS.eval_split))
 
 
@@ -215,10 +215,9 @@ def _export_base() -> str:
 
 
 def export() -> Path:
-    estimator = _estimator(require_saved=True)
-    checkpoint = estimator.restore(FLAGS.checkpoint)
+    estimator = _estimator(require_saved=True, checkpoint=FLAGS.checkpoint)
     path = estimator.export(_export_base(), exports_to_keep=FLAGS.exports_to_keep)
-    print(f"Exported {path} from {checkpoint}")
+    print(f"Exported {path} from {estimator.checkpoint_path(FLAGS.checkpoint)}")
     return path
 
 
@@ -406,7 +405,9 @@ def run() -> None:
     if any(arg in ("-h", "--help", "-?", "--helpshort") for arg in sys.argv[1:]):
         print(_help(sys.argv))
         sys.exit(0)
-    sys.modules["__main__"].__doc__ = __doc__  # absl's --helpfull prints it as the usage
+    if "--helpfull" in sys.argv[1:]:
+        print(f"{(__doc__ or '').strip()}\n\n{cli_flags.FLAGS.get_help()}")
+        sys.exit(0)
     app.run(main, argv=sys.argv)
 
 

@@ -9,7 +9,7 @@ import pytest
 from pipeline import data
 from pipeline.config import ExperimentConfig
 from pipeline.early_stopping import direction, improves, metric_value, stop_reason
-from pipeline.errors import ConfigError, ModelDirError
+from pipeline.errors import ConfigError, ModelDirError, TrainingStopped
 from pipeline.estimator import Estimator
 from tests.conftest import small_experiment
 
@@ -296,3 +296,24 @@ def test_training_after_restoring_an_older_checkpoint_is_refused(tmp_path):
         "latest one, with a new Estimator."
     )
     assert estimator.restore("latest") and estimator.train(train_fn, max_steps=4 * EVERY)["global_step"] == 80
+
+
+def test_a_run_stopped_during_an_evaluation_evaluates_that_step_when_rerun(tmp_path):
+    config = small_experiment(save_checkpoints_steps=EVERY)
+    train_fn, eval_fn = data.input_fn(config, "train"), data.input_fn(config, "eval")
+    estimator = Estimator(config, tmp_path)
+
+    def signalled_during_evaluation(context, start_step=0):
+        estimator.request_stop("SIGTERM")  # as the signal handler does
+        return eval_fn(context, start_step)
+
+    with pytest.raises(TrainingStopped) as stopped:
+        estimator.train_and_evaluate(
+            train_fn, signalled_during_evaluation, max_steps=2 * EVERY, eval_every_steps=EVERY
+        )
+    assert (stopped.value.step, stopped.value.reason) == (EVERY, "SIGTERM")
+    assert not (tmp_path / "eval_history.json").exists() and (tmp_path / f"ckpt-{EVERY}.index").exists()
+
+    rerun = Estimator(config, tmp_path)
+    rerun.train_and_evaluate(train_fn, eval_fn, max_steps=2 * EVERY, eval_every_steps=EVERY)
+    assert [h["global_step"] for h in _history(tmp_path)] == [EVERY, 2 * EVERY]

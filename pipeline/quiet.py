@@ -1,4 +1,5 @@
-"""Importing TensorFlow without its C++ start-up lines, which would open every `mtl` command.
+"""Importing TensorFlow without its C++ start-up lines, which would open every `mtl` command (and any
+program using the Python API that calls `import_tensorflow_quietly` before TensorFlow is imported).
 
 `TF_CPP_MIN_LOG_LEVEL=2` leaves only TensorFlow's C++ warnings and errors, but TensorFlow 2.21 reads it in a
 static initializer that runs after others have already logged (oneDNN, the CUDA runtime stub, CPU features),
@@ -25,7 +26,7 @@ _START_UP_LINE = re.compile(
 )
 
 
-def import_tensorflow() -> None:
+def import_tensorflow_quietly() -> None:
     """Imports TensorFlow (and sets its log level) unless already imported; call before any other import
     of TensorFlow or Keras."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

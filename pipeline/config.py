@@ -119,7 +119,11 @@ class TaskConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """Architecture and sizes. `bottom_units` is used by shared-bottom, the expert fields by OMoE/MMoE."""
+    """Architecture and sizes. `bottom_units` is used by shared-bottom, the expert fields by OMoE/MMoE.
+
+    `imports` names modules that register the architecture (see `pipeline.models.registry`); every stage
+    imports them before building the model, so a plugin architecture needs naming once.
+    """
 
     architecture: str = "mmoe"
     features: tuple[FeatureConfig, ...] = ()
@@ -130,6 +134,7 @@ class ModelConfig:
     tower_units: tuple[int, ...] = (8,)
     dropout: float = 0.0
     activation: str = "relu"
+    imports: tuple[str, ...] = ()
 
     def validate(self) -> None:
         if not self.features:

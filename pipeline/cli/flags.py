@@ -72,13 +72,21 @@ flags.DEFINE_enum(
 )
 
 # -- model ----------------------------------------------------------------------------------------
-flags.DEFINE_string("model", "mmoe", "Architecture: shared_bottom, omoe, mmoe.")
+flags.DEFINE_string("model", "mmoe", "Architecture: shared_bottom, omoe, mmoe, single_task, or a plugin's.")
 flags.DEFINE_integer("num_experts", 8, "OMoE/MMoE: number of experts.")
 flags.DEFINE_list("expert_units", ["16"], "OMoE/MMoE: layer sizes of every expert.")
-flags.DEFINE_list("bottom_units", ["113"], "shared_bottom: layer sizes of the shared bottom.")
+flags.DEFINE_list(
+    "bottom_units", ["113"], "shared_bottom: layer sizes of the shared bottom; single_task: of each task's."
+)
 flags.DEFINE_list("tower_units", ["8"], "Hidden layer sizes of every task tower (may be empty).")
 flags.DEFINE_float("dropout", 0.0, "Dropout rate after every hidden layer.")
 flags.DEFINE_string("activation", "relu", "Activation of every hidden layer.")
+flags.DEFINE_multi_string(
+    "import",
+    [],
+    "A module to import that registers an architecture for --model (repeatable); saved with the model, so "
+    "later stages import it too.",
+)
 flags.DEFINE_list(
     "task_labels", [], "Label column of each task (default: the data's default tasks; synthetic: y1,y2)."
 )
@@ -377,6 +385,7 @@ def config_from_flags(with_features: bool = True) -> ExperimentConfig:
         tower_units=_ints("tower_units", FLAGS.tower_units),
         dropout=FLAGS.dropout,
         activation=FLAGS.activation,
+        imports=tuple(FLAGS["import"].value),
     )
     return ExperimentConfig(model=model, data=data_config, train=train)
 
@@ -403,6 +412,7 @@ _FIXED_FLAGS: dict[str, Callable[[ExperimentConfig], Any]] = {
     "tower_units": lambda c: c.model.tower_units,
     "dropout": lambda c: c.model.dropout,
     "activation": lambda c: c.model.activation,
+    "import": lambda c: c.model.imports,
     "task_labels": lambda c: [t.label for t in c.model.tasks],
     "task_types": lambda c: [t.type for t in c.model.tasks],
     "task_losses": lambda c: [t.loss for t in c.model.tasks],
@@ -554,6 +564,7 @@ HELP_GROUPS: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
         ("train", "train_and_evaluate", "demo"),
         (
             "model",
+            "import",
             "num_experts",
             "expert_units",
             "bottom_units",

@@ -3,6 +3,7 @@
 - `shared_bottom`: one MLP shared by all tasks (Caruana, 1997).
 - `omoe`: a mixture of experts with one gate shared by all tasks.
 - `mmoe`: a mixture of experts with one gate per task (Ma et al., KDD 2018).
+- `single_task`: a bottom per task, sharing nothing: the baseline that shows negative transfer.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import keras
 
 from pipeline.config import ModelConfig
-from pipeline.layers import MLP, MixtureOfExperts
+from pipeline.layers import MLP, MixtureOfExperts, SeparateBottoms
 from pipeline.models.registry import register
 
 
@@ -39,3 +40,14 @@ def one_gate_mixture_of_experts(config: ModelConfig) -> keras.layers.Layer:
 @register("mmoe")
 def multi_gate_mixture_of_experts(config: ModelConfig) -> keras.layers.Layer:
     return _mixture(config, gate_names=tuple(f"gate_{task.name}" for task in config.tasks))
+
+
+@register("single_task")
+def single_task(config: ModelConfig) -> keras.layers.Layer:
+    return SeparateBottoms(
+        [task.name for task in config.tasks],
+        config.bottom_units,
+        activation=config.activation,
+        dropout=config.dropout,
+        name="bottoms",
+    )

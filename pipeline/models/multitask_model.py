@@ -31,6 +31,7 @@ class MultiTaskModel(keras.Model):
         self.config = config
         self.preprocessor = Preprocessor(config.features, name="preprocessing")
         self.encoder = FeatureEncoder(config.features, name="features")
+        registry.import_modules(config.imports)
         self.bottom = registry.get(config.architecture)(config)
         self.towers = [
             Tower(

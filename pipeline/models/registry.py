@@ -2,20 +2,29 @@
 
 A builder takes the `ModelConfig` and returns a Keras layer mapping `[batch, input_dim]` to one representation
 per task (a list of `[batch, units]`), or a single representation all tasks share.
+
+Architectures outside this package register themselves when their module is imported: a module a model
+names in `ModelConfig.imports` (`mtl --import=...`), or one an installed package declares in the
+`mtl.architectures` entry-point group.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import importlib
+from collections.abc import Callable, Sequence
+from importlib import metadata
 
 import keras
 
 from pipeline.config import ModelConfig
-from pipeline.errors import UnknownNameError
+from pipeline.errors import ConfigError, UnknownNameError
+
+ENTRY_POINT_GROUP = "mtl.architectures"
 
 BottomBuilder = Callable[[ModelConfig], keras.layers.Layer]
 
 _BUILDERS: dict[str, BottomBuilder] = {}
+_entry_points_loaded = False
 
 
 def register(name: str) -> Callable[[BottomBuilder], BottomBuilder]:
@@ -30,12 +39,37 @@ def register(name: str) -> Callable[[BottomBuilder], BottomBuilder]:
     return decorate
 
 
+def import_modules(modules: Sequence[str]) -> None:
+    """Imports modules that register architectures (as `ModelConfig.imports` names them).
+
+    Raises:
+        ConfigError: a module cannot be imported; the message names it and says why.
+    """
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except Exception as error:  # noqa: BLE001  (any failure of a user's module is theirs to fix)
+            raise ConfigError(f"Cannot import the architecture module {module!r}: {error!r}") from None
+
+
+def _load_entry_points() -> None:
+    """Imports every module installed packages declare in the `mtl.architectures` group, once."""
+    global _entry_points_loaded
+    if _entry_points_loaded:
+        return
+    _entry_points_loaded = True
+    for entry_point in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        import_modules([entry_point.module])
+
+
 def names() -> list[str]:
+    _load_entry_points()
     return sorted(_BUILDERS)
 
 
 def get(name: str) -> BottomBuilder:
     """The builder registered as `name`; an unknown name raises `UnknownNameError` listing the valid ones."""
+    _load_entry_points()
     try:
         return _BUILDERS[name]
     except KeyError:

@@ -3,6 +3,7 @@ import dataclasses
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from pipeline.config import FeatureConfig, ModelConfig, TaskConfig
 from pipeline.errors import ConfigError, UnknownNameError
@@ -32,6 +33,7 @@ def _inputs(batch: int = 4) -> dict:
         ("mmoe", 8 * (100 * 16 + 16) + 2 * (100 * 8) + TOWERS),  # 14,818
         ("omoe", 8 * (100 * 16 + 16) + 1 * (100 * 8) + TOWERS),  # 14,018
         ("shared_bottom", (100 * 113 + 113) + 2 * ((113 * 8 + 8) + (8 + 1))),  # 13,255
+        ("single_task", 2 * ((100 * 113 + 113) + (113 * 8 + 8) + (8 + 1))),  # 24,668: a bottom per task
     ],
 )
 def test_parameter_counts_of_the_papers_synthetic_sizes(architecture, expected):
@@ -93,10 +95,27 @@ def test_keras_save_and_load_round_trip(tmp_path):
 
 
 def test_unknown_architecture_lists_the_valid_ones():
-    assert names() == ["mmoe", "omoe", "shared_bottom"]
+    assert names() == ["mmoe", "omoe", "shared_bottom", "single_task"]
     with pytest.raises(UnknownNameError) as error:
         model_fn(dataclasses.replace(PAPER, architecture="ple2"))
-    assert str(error.value) == "Unknown model 'ple2'. Valid models: mmoe, omoe, shared_bottom."
+    assert str(error.value) == "Unknown model 'ple2'. Valid models: mmoe, omoe, shared_bottom, single_task."
+
+
+def test_single_task_shares_no_variable_between_tasks():
+    model = model_fn(dataclasses.replace(PAPER, architecture="single_task"))
+    owners = {}
+    for variable in model.trainable_variables:
+        parts = variable.path.split("/")
+        owner = next((part for part in parts if part.startswith(("bottom_", "tower_"))), None)
+        assert owner is not None, variable.path  # every weight belongs to a task's bottom or tower
+        owners.setdefault(owner.split("_", 1)[1], []).append(variable.path)
+    assert sorted(owners) == ["y1", "y2"]
+    # The gradient of one task's output reaches only that task's variables.
+    with tf.GradientTape() as tape:
+        y1 = model(_inputs())["y1"]
+    gradients = tape.gradient(y1, model.trainable_variables)
+    touched = {v.path for v, g in zip(model.trainable_variables, gradients, strict=True) if g is not None}
+    assert touched == set(owners["y1"])
 
 
 def test_model_fn_validates_first():

@@ -1,0 +1,103 @@
+"""Architectures from outside the package, through `mtl`: `--import`, and `mtl.architectures` entry points."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import tensorflow as tf
+
+from tests.cli.commands import SMALL, _env, assert_one_line_error
+
+PLUGIN = textwrap.dedent(
+    """
+    from pipeline.layers import MLP
+    from pipeline.models import register
+
+    @register("wide_bottom")
+    def wide_bottom(config):
+        return MLP([64, 32], activation=config.activation, dropout=config.dropout, name="bottom")
+    """
+)
+
+
+def _mtl(python_path: Path | None, *args: str) -> subprocess.CompletedProcess:
+    env = _env()
+    if python_path is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(python_path), env.get("PYTHONPATH", "")])
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline", *args], capture_output=True, text=True, timeout=300, env=env
+    )
+
+
+def test_an_imported_architecture_trains_evaluates_and_exports_and_serves_without_the_plugin(tmp_path):
+    plugins = tmp_path / "plugins"
+    (plugins / "my_package").mkdir(parents=True)
+    (plugins / "my_package" / "__init__.py").write_text("")
+    (plugins / "my_package" / "architectures.py").write_text(PLUGIN)
+    model_dir = tmp_path / "run"
+
+    trained = _mtl(
+        plugins,
+        "train",
+        "--import=my_package.architectures",
+        "--model=wide_bottom",
+        f"--model_dir={model_dir}",
+        "--max_steps=20",
+        *SMALL,
+    )
+    assert trained.returncode == 0, trained.stderr
+    assert json.loads((model_dir / "config.json").read_text())["model"]["imports"] == [
+        "my_package.architectures"
+    ]
+    # Later stages import it from the saved config: no --import.
+    evaluated = _mtl(plugins, "evaluate", f"--model_dir={model_dir}")
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert "Evaluation of the eval split at step 20 on 512 examples:" in evaluated.stdout
+    exported = _mtl(plugins, "export", f"--model_dir={model_dir}", f"--export_base={tmp_path / 'export'}")
+    assert exported.returncode == 0, exported.stderr
+
+    # The SavedModel runs where the plugin is not installed.
+    (version,) = list((tmp_path / "export").iterdir())
+    check = (
+        "import sys, numpy as np, tensorflow as tf\n"
+        "assert 'my_package' not in sys.modules\n"
+        f"f = tf.saved_model.load({str(version)!r}).signatures['serving_default']\n"
+        "out = f(inputs=tf.constant(np.zeros((2, 100), np.float32)))\n"
+        "print(sorted(out), out['y1'].shape)\n"
+    )
+    served = subprocess.run(
+        [sys.executable, "-c", check], capture_output=True, text=True, env=_env(), timeout=120
+    )
+    assert served.returncode == 0, served.stderr
+    assert served.stdout.strip() == "['y1', 'y2'] (2,)"
+
+    # Without the plugin on the path, a stage says which module it cannot import.
+    missing = _mtl(None, "evaluate", f"--model_dir={model_dir}")
+    assert_one_line_error(
+        missing,
+        "evaluate",
+        "Cannot import the architecture module 'my_package.architectures': "
+        "ModuleNotFoundError(\"No module named 'my_package'\")",
+    )
+
+
+def test_an_installed_packages_entry_point_registers_its_architecture(tmp_path):
+    site = tmp_path / "site"
+    (site / "acme_models").mkdir(parents=True)
+    (site / "acme_models" / "__init__.py").write_text(PLUGIN)
+    dist_info = site / "acme_models-1.0.dist-info"
+    dist_info.mkdir()
+    (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: acme-models\nVersion: 1.0\n")
+    (dist_info / "entry_points.txt").write_text("[mtl.architectures]\nacme = acme_models\n")
+    trained = _mtl(
+        site, "train", "--model=wide_bottom", f"--model_dir={tmp_path / 'run'}", "--max_steps=20", *SMALL
+    )
+    assert trained.returncode == 0, trained.stderr
+    assert "Training wide_bottom from step 0 to 20" in trained.stderr
+    shapes = [shape for _, shape in tf.train.list_variables(str(tmp_path / "run" / "ckpt-20"))]
+    assert [100, 64] in shapes and [64, 32] in shapes  # the plugin's bottom: 100 inputs -> 64 -> 32

@@ -119,7 +119,8 @@ class TaskConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """Architecture and sizes. `bottom_units` is used by shared-bottom, the expert fields by OMoE/MMoE.
+    """Architecture and sizes. `bottom_units` is used by shared-bottom and single-task, `num_experts` by
+    OMoE/MMoE, `num_levels`, `num_task_experts` and `num_shared_experts` by PLE, `expert_units` by all three.
 
     `imports` names modules that register the architecture (see `pipeline.models.registry`); every stage
     imports them before building the model, so a plugin architecture needs naming once.
@@ -135,6 +136,9 @@ class ModelConfig:
     dropout: float = 0.0
     activation: str = "relu"
     imports: tuple[str, ...] = ()
+    num_levels: int = 2
+    num_task_experts: int = 2
+    num_shared_experts: int = 2
 
     def validate(self) -> None:
         if not self.features:
@@ -148,6 +152,9 @@ class ModelConfig:
         check_unique("features", [f.name for f in self.features])
         check_unique("tasks", [t.name for t in self.tasks])
         check_positive_int("num_experts", self.num_experts)
+        check_positive_int("num_levels", self.num_levels)
+        check_positive_int("num_task_experts", self.num_task_experts)
+        check_positive_int("num_shared_experts", self.num_shared_experts)
         check_units("expert_units", self.expert_units)
         check_units("bottom_units", self.bottom_units)
         check_units("tower_units", self.tower_units, allow_empty=True)

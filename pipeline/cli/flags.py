@@ -72,9 +72,17 @@ flags.DEFINE_enum(
 )
 
 # -- model ----------------------------------------------------------------------------------------
-flags.DEFINE_string("model", "mmoe", "Architecture: shared_bottom, omoe, mmoe, single_task, or a plugin's.")
+flags.DEFINE_string(
+    "model", "mmoe", "Architecture: shared_bottom, omoe, mmoe, ple, single_task, or a plugin's."
+)
 flags.DEFINE_integer("num_experts", 8, "OMoE/MMoE: number of experts.")
-flags.DEFINE_list("expert_units", ["16"], "OMoE/MMoE: layer sizes of every expert.")
+flags.DEFINE_list("expert_units", ["16"], "OMoE/MMoE/PLE: layer sizes of every expert.")
+_MODEL = ModelConfig()
+flags.DEFINE_integer("num_levels", _MODEL.num_levels, "PLE: extraction levels (1 is CGC).")
+flags.DEFINE_integer("num_task_experts", _MODEL.num_task_experts, "PLE: experts of each task, per level.")
+flags.DEFINE_integer(
+    "num_shared_experts", _MODEL.num_shared_experts, "PLE: experts all tasks share, per level."
+)
 flags.DEFINE_list(
     "bottom_units", ["113"], "shared_bottom: layer sizes of the shared bottom; single_task: of each task's."
 )
@@ -386,6 +394,9 @@ def config_from_flags(with_features: bool = True) -> ExperimentConfig:
         dropout=FLAGS.dropout,
         activation=FLAGS.activation,
         imports=tuple(FLAGS["import"].value),
+        num_levels=FLAGS.num_levels,
+        num_task_experts=FLAGS.num_task_experts,
+        num_shared_experts=FLAGS.num_shared_experts,
     )
     return ExperimentConfig(model=model, data=data_config, train=train)
 
@@ -413,6 +424,9 @@ _FIXED_FLAGS: dict[str, Callable[[ExperimentConfig], Any]] = {
     "dropout": lambda c: c.model.dropout,
     "activation": lambda c: c.model.activation,
     "import": lambda c: c.model.imports,
+    "num_levels": lambda c: c.model.num_levels,
+    "num_task_experts": lambda c: c.model.num_task_experts,
+    "num_shared_experts": lambda c: c.model.num_shared_experts,
     "task_labels": lambda c: [t.label for t in c.model.tasks],
     "task_types": lambda c: [t.type for t in c.model.tasks],
     "task_losses": lambda c: [t.loss for t in c.model.tasks],
@@ -567,6 +581,9 @@ HELP_GROUPS: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
             "import",
             "num_experts",
             "expert_units",
+            "num_levels",
+            "num_task_experts",
+            "num_shared_experts",
             "bottom_units",
             "tower_units",
             "dropout",

@@ -9,19 +9,9 @@ import keras
 from keras import ops
 
 from pipeline.checks import check_positive_int, check_rate, check_units, invalid
+from pipeline.layers.experts import default_expert_initializer, fused_expert_outputs
 from pipeline.layers.gate import Gate, softmax
 from pipeline.layers.initializers import fresh_copy
-
-
-def default_expert_initializer(num_experts: int) -> keras.initializers.Initializer:
-    """Glorot-uniform for each expert's `[input_dim, units]` slice of the stacked `[E, in, out]` kernel.
-
-    Keras counts the leading expert axis as a receptive field and so divides the variance by `E`; scaling by
-    `E` gives every expert exactly the variance a separate `Dense` layer would get.
-    """
-    return keras.initializers.VarianceScaling(
-        scale=float(num_experts), mode="fan_avg", distribution="uniform"
-    )
 
 
 @keras.saving.register_keras_serializable(package="mtl")
@@ -109,13 +99,7 @@ class MixtureOfExperts(keras.layers.Layer):
 
     def expert_outputs(self, inputs: Any, training: bool | None = None) -> Any:
         """Every expert's output: `[batch, num_experts, expert_units[-1]]`."""
-        first_kernel, *other_kernels = self.expert_kernels
-        # The first layer as one plain matmul against `[in, E * out]`: faster than a batched einsum.
-        side_by_side = ops.reshape(ops.transpose(first_kernel, (1, 0, 2)), (first_kernel.shape[1], -1))
-        x = ops.reshape(ops.matmul(inputs, side_by_side), (-1, self.num_experts, self.expert_units[0]))
-        x = self.activation(x + self.expert_biases[0])
-        for kernel, bias in zip(other_kernels, self.expert_biases[1:], strict=True):
-            x = self.activation(ops.einsum("bei,eio->beo", x, kernel) + bias)
+        x = fused_expert_outputs(inputs, self.expert_kernels, self.expert_biases, self.activation)
         if self.dropout_layer is not None:
             x = self.dropout_layer(x, training=training)
         return x

@@ -4,6 +4,8 @@
 - `omoe`: a mixture of experts with one gate shared by all tasks.
 - `mmoe`: a mixture of experts with one gate per task (Ma et al., KDD 2018).
 - `single_task`: a bottom per task, sharing nothing: the baseline that shows negative transfer.
+- `ple`: Progressive Layered Extraction, task-specific and shared experts gated level by level (Tang et al.,
+  RecSys 2020); with one level it is CGC.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import keras
 
 from pipeline.config import ModelConfig
-from pipeline.layers import MLP, MixtureOfExperts, SeparateBottoms
+from pipeline.layers import MLP, MixtureOfExperts, ProgressiveLayeredExtraction, SeparateBottoms
 from pipeline.models.registry import register
 
 
@@ -50,4 +52,18 @@ def single_task(config: ModelConfig) -> keras.layers.Layer:
         activation=config.activation,
         dropout=config.dropout,
         name="bottoms",
+    )
+
+
+@register("ple")
+def progressive_layered_extraction(config: ModelConfig) -> keras.layers.Layer:
+    return ProgressiveLayeredExtraction(
+        [task.name for task in config.tasks],
+        num_levels=config.num_levels,
+        num_task_experts=config.num_task_experts,
+        num_shared_experts=config.num_shared_experts,
+        units=config.expert_units,
+        activation=config.activation,
+        dropout=config.dropout,
+        name="extraction",
     )

@@ -33,7 +33,10 @@ def test_train_resume_evaluate_export(trained_dir, tmp_path):
 @pytest.mark.parametrize(
     "flags, message",
     [
-        (["--model=ple2"], "Unknown model 'ple2'. Valid models: mmoe, omoe, shared_bottom, single_task."),
+        (
+            ["--model=ple2"],
+            "Unknown model 'ple2'. Valid models: mmoe, omoe, ple, shared_bottom, single_task.",
+        ),
         (["--num_experts=0"], "`num_experts` must be a positive integer. Received: num_experts=0"),
         (
             ["--tower_units=8,-2"],

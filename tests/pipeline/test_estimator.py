@@ -21,7 +21,7 @@ def _weights(estimator):
     return [np.asarray(v) for v in estimator.model.weights]
 
 
-@pytest.mark.parametrize("architecture", ["shared_bottom", "omoe", "mmoe"])
+@pytest.mark.parametrize("architecture", ["shared_bottom", "omoe", "mmoe", "ple", "single_task"])
 def test_loss_falls_on_synthetic_data(tmp_path, architecture):
     config = small_experiment(architecture)
     train_fn, eval_fn = _input_fns(config)

@@ -88,3 +88,16 @@ def test_the_check_catches_an_export_that_differs(trained, tmp_path, monkeypatch
     finally:
         trained.model.towers[0].logit.bias.assign_add([-1.0])
     assert export.versions(tmp_path / "export") == []
+
+
+@pytest.mark.parametrize("architecture", ["ple", "single_task"])
+def test_the_newer_architectures_export_and_reload(tmp_path, architecture):
+    config = small_experiment(architecture)
+    estimator = Estimator(config, tmp_path / "model_dir")
+    estimator.train(data.input_fn(config, "train"), max_steps=10)
+    path = estimator.export(tmp_path / "export")  # reloads it and compares predictions, or raises
+    features = export.sample_features(estimator.model, 8)
+    served = tf.saved_model.load(str(path)).signatures["serving_default"](**features)
+    expected = estimator.model(features)
+    for task in ("y1", "y2"):
+        np.testing.assert_allclose(served[task].numpy(), np.asarray(expected[task]), rtol=1e-5, atol=1e-6)

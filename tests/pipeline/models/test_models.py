@@ -60,7 +60,7 @@ def test_each_tasks_gate_sums_to_one():
     np.testing.assert_allclose(weights.sum(axis=-1), np.ones((16, 2)), rtol=1e-5)
 
 
-@pytest.mark.parametrize("architecture", ["shared_bottom", "omoe", "mmoe"])
+@pytest.mark.parametrize("architecture", ["shared_bottom", "omoe", "mmoe", "ple", "single_task"])
 def test_outputs_one_prediction_per_task_keeping_the_batch_rank(architecture):
     model = model_fn(dataclasses.replace(PAPER, architecture=architecture))
     for batch in (1, 5):
@@ -95,10 +95,12 @@ def test_keras_save_and_load_round_trip(tmp_path):
 
 
 def test_unknown_architecture_lists_the_valid_ones():
-    assert names() == ["mmoe", "omoe", "shared_bottom", "single_task"]
+    assert names() == ["mmoe", "omoe", "ple", "shared_bottom", "single_task"]
     with pytest.raises(UnknownNameError) as error:
         model_fn(dataclasses.replace(PAPER, architecture="ple2"))
-    assert str(error.value) == "Unknown model 'ple2'. Valid models: mmoe, omoe, shared_bottom, single_task."
+    assert (
+        str(error.value) == "Unknown model 'ple2'. Valid models: mmoe, omoe, ple, shared_bottom, single_task."
+    )
 
 
 def test_single_task_shares_no_variable_between_tasks():
@@ -121,3 +123,64 @@ def test_single_task_shares_no_variable_between_tasks():
 def test_model_fn_validates_first():
     with pytest.raises(ConfigError, match="num_experts=0"):
         model_fn(dataclasses.replace(PAPER, num_experts=0))
+
+
+def _ple(levels: int, task_experts: int = 2, shared_experts: int = 1) -> ModelConfig:
+    return dataclasses.replace(
+        PAPER,
+        architecture="ple",
+        num_levels=levels,
+        num_task_experts=task_experts,
+        num_shared_experts=shared_experts,
+    )
+
+
+@pytest.mark.parametrize("levels", [1, 2, 3])
+def test_ple_parameter_count_follows_its_levels(levels):
+    tasks, task_experts, shared_experts, units = 2, 2, 1, 16
+    experts = tasks * task_experts + shared_experts
+
+    def level(fan_in: int, last: bool) -> int:
+        count = experts * (fan_in * units + units)  # every expert: fan_in -> 16
+        count += tasks * fan_in * (task_experts + shared_experts)  # a gate per task over its own and shared
+        return count + (0 if last else fan_in * experts)  # below the top, a shared gate over all
+
+    expected = sum(level(100 if i == 0 else units, i == levels - 1) for i in range(levels)) + TOWERS
+    # 1 level (CGC): 5 * 1616 + 2 * 100 * 3 + 290 = 8,970; 2 levels: + 500 + 5 * 272 + 2 * 16 * 3 + ...
+    assert model_fn(_ple(levels)).count_params() == expected
+
+
+def test_ple_gates_mix_own_and_shared_experts_and_sum_to_one():
+    model = model_fn(_ple(2))
+    x = model.encoder(model.preprocessor(_inputs(8)))
+    weights = model.bottom.gate_weights(x)
+    assert [[tuple(w.shape) for w in level] for level in weights] == [
+        [(8, 3), (8, 3), (8, 5)],  # each task: its 2 experts and the shared one; shared gate: all 5
+        [(8, 3), (8, 3)],  # the top level has no shared gate
+    ]
+    for level in weights:
+        for w in level:
+            np.testing.assert_allclose(np.asarray(w).sum(axis=-1), np.ones(8), rtol=1e-5)
+    outputs = model.bottom(x)
+    assert len(outputs) == 2 and all(tuple(o.shape) == (8, 16) for o in outputs)
+    names = sorted(
+        {
+            v.path.split("/level_0/")[1].split("/")[0]
+            for v in model.trainable_variables
+            if "/level_0/" in v.path
+        }
+    )
+    assert names == ["experts_shared", "experts_y1", "experts_y2", "gate_shared", "gate_y1", "gate_y2"]
+
+
+def test_a_ple_task_output_is_its_gate_mixture_of_its_own_and_the_shared_experts():
+    level = model_fn(_ple(1)).bottom.levels[0]
+    x = np.random.default_rng(1).normal(size=(4, 100)).astype(np.float32)
+    weights = [np.asarray(w) for w in level.gate_weights([x, x, x])]
+    own = [np.asarray(experts(x)) for experts in level.task_experts]
+    shared = np.asarray(level.shared_experts(x))
+    outputs = level([x, x, x])
+    for task in range(2):
+        candidates = np.concatenate([own[task], shared], axis=1)  # [4, 3, 16]
+        expected = np.einsum("be,beu->bu", weights[task], candidates)
+        np.testing.assert_allclose(np.asarray(outputs[task]), expected, rtol=1e-5, atol=1e-6)

@@ -22,6 +22,33 @@ def default_expert_initializer(num_experts: int) -> keras.initializers.Initializ
     )
 
 
+def add_stacked_weights(
+    layer: keras.layers.Layer,
+    num_experts: int,
+    fan_in: int,
+    units: Sequence[int],
+    kernel_initializer: Any,
+    bias_initializer: Any,
+    prefix: str = "",
+) -> tuple[list[Any], list[Any]]:
+    """Adds to `layer` the stacked kernels `[E, in, out]` and biases `[E, out]` of experts of `units`, named
+    `<prefix>kernel_<i>` and `<prefix>bias_<i>`."""
+    kernels, biases = [], []
+    for i, size in enumerate(units):
+        kernels.append(
+            layer.add_weight(
+                name=f"{prefix}kernel_{i}", shape=(num_experts, fan_in, size), initializer=kernel_initializer
+            )
+        )
+        biases.append(
+            layer.add_weight(
+                name=f"{prefix}bias_{i}", shape=(num_experts, size), initializer=bias_initializer
+            )
+        )
+        fan_in = size
+    return kernels, biases
+
+
 def fused_expert_outputs(inputs: Any, kernels: Sequence[Any], biases: Sequence[Any], activation: Any) -> Any:
     """Every expert's output, `[batch, E, units[-1]]`, from stacked kernels `[E, in, out]` and biases
     `[E, out]`: the first layer as one plain matmul against `[in, E * out]` (faster than a batched einsum),
@@ -78,22 +105,14 @@ class Experts(keras.layers.Layer):
         self.dropout_layer = keras.layers.Dropout(self.dropout) if self.dropout else None
 
     def build(self, input_shape: tuple[int | None, ...]) -> None:
-        fan_in = input_shape[-1]
-        self.kernels, self.biases = [], []
-        for i, units in enumerate(self.units):
-            self.kernels.append(
-                self.add_weight(
-                    name=f"kernel_{i}",
-                    shape=(self.num_experts, fan_in, units),
-                    initializer=self.kernel_initializer,
-                )
-            )
-            self.biases.append(
-                self.add_weight(
-                    name=f"bias_{i}", shape=(self.num_experts, units), initializer=self.bias_initializer
-                )
-            )
-            fan_in = units
+        self.kernels, self.biases = add_stacked_weights(
+            self,
+            self.num_experts,
+            input_shape[-1],
+            self.units,
+            self.kernel_initializer,
+            self.bias_initializer,
+        )
 
     def call(self, inputs: Any, training: bool | None = None) -> Any:
         outputs = fused_expert_outputs(inputs, self.kernels, self.biases, self.activation)

@@ -9,7 +9,7 @@ import keras
 from keras import ops
 
 from pipeline.checks import check_positive_int, check_rate, check_units, invalid
-from pipeline.layers.experts import default_expert_initializer, fused_expert_outputs
+from pipeline.layers.experts import add_stacked_weights, default_expert_initializer, fused_expert_outputs
 from pipeline.layers.gate import Gate, softmax
 from pipeline.layers.initializers import fresh_copy
 
@@ -75,25 +75,15 @@ class MixtureOfExperts(keras.layers.Layer):
         self.dropout_layer = keras.layers.Dropout(self.dropout) if self.dropout else None
 
     def build(self, input_shape: tuple[int | None, ...]) -> None:
-        fan_in = input_shape[-1]
-        self.expert_kernels = []
-        self.expert_biases = []
-        for i, units in enumerate(self.expert_units):
-            self.expert_kernels.append(
-                self.add_weight(
-                    name=f"expert_kernel_{i}",
-                    shape=(self.num_experts, fan_in, units),
-                    initializer=self.kernel_initializer,
-                )
-            )
-            self.expert_biases.append(
-                self.add_weight(
-                    name=f"expert_bias_{i}",
-                    shape=(self.num_experts, units),
-                    initializer=self.bias_initializer,
-                )
-            )
-            fan_in = units
+        self.expert_kernels, self.expert_biases = add_stacked_weights(
+            self,
+            self.num_experts,
+            input_shape[-1],
+            self.expert_units,
+            self.kernel_initializer,
+            self.bias_initializer,
+            prefix="expert_",
+        )
         for gate in self.gates:
             gate.build(input_shape)
 

@@ -22,9 +22,14 @@ from pipeline.checks import (
 )
 from pipeline.errors import ConfigError
 
-TASK_TYPES = ("binary", "regression")
-LOSSES_BY_TYPE = {"binary": ("log_loss",), "regression": ("mse", "huber")}
-METRICS_BY_TYPE = {"binary": ("auc", "log_loss"), "regression": ("rmse", "mae")}
+TASK_TYPES = ("binary", "regression", "count")
+LOSSES_BY_TYPE = {"binary": ("log_loss",), "regression": ("mse", "huber"), "count": ("poisson",)}
+METRICS_BY_TYPE = {
+    "binary": ("auc", "log_loss"),
+    "regression": ("rmse", "mae"),
+    "count": ("poisson_deviance", "mae"),
+}
+_DEFAULT_ACTIVATIONS = {"binary": "sigmoid", "regression": "linear", "count": "exponential"}
 OUTPUT_ACTIVATIONS = ("sigmoid", "linear", "relu", "softplus", "exponential")
 HIDDEN_ACTIVATIONS = ("relu", "gelu", "silu", "tanh", "elu", "selu", "sigmoid", "linear")
 OPTIMIZERS = ("adam", "adagrad", "sgd", "rmsprop")
@@ -77,8 +82,10 @@ class FeatureConfig:
 class TaskConfig:
     """One task: which label column it learns and how (the seeds' `model_fn` spread this around).
 
-    `output_activation` and `metrics` default to what the task type implies (sigmoid with AUC and log-loss for
-    binary tasks, linear with RMSE and MAE for regression tasks).
+    `output_activation` and `metrics` default to what the task type implies: sigmoid with AUC and log-loss
+    for binary tasks, linear with RMSE and MAE for regression tasks, and for count tasks (clicks, purchases,
+    visits: whole numbers >= 0) the exponential, so the output is the expected count, with Poisson deviance
+    and MAE.
     """
 
     name: str
@@ -92,8 +99,7 @@ class TaskConfig:
     def __post_init__(self) -> None:
         if self.type in TASK_TYPES:
             if not self.output_activation:
-                default = "sigmoid" if self.type == "binary" else "linear"
-                object.__setattr__(self, "output_activation", default)
+                object.__setattr__(self, "output_activation", _DEFAULT_ACTIVATIONS[self.type])
             if not self.metrics:
                 object.__setattr__(self, "metrics", METRICS_BY_TYPE[self.type])
         object.__setattr__(self, "metrics", tuple(self.metrics))
@@ -112,6 +118,12 @@ class TaskConfig:
         if self.loss == "log_loss" and self.output_activation != "sigmoid":
             raise invalid(
                 f"{prefix}.output_activation", self.output_activation, "must be sigmoid for log_loss"
+            )
+        if self.loss == "poisson" and self.output_activation != "exponential":
+            raise invalid(
+                f"{prefix}.output_activation",
+                self.output_activation,
+                "must be exponential for poisson (the log link)",
             )
         for metric in self.metrics:
             check_choice(f"{prefix}.metrics", metric, METRICS_BY_TYPE[self.type])

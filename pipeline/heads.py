@@ -27,7 +27,20 @@ _REGRESSION_LOSSES = {
 }
 
 
+@keras.saving.register_keras_serializable(package="mtl")
+class PoissonDeviance(keras.metrics.Mean):
+    """Mean Poisson deviance `2 (y log(y / mu) - (y - mu))` of counts `y` around expected counts `mu`: 0 for a
+    perfect fit, and for counts what the squared error is for Gaussian targets."""
+
+    def update_state(self, y_true: Any, y_pred: Any, sample_weight: Any = None) -> None:
+        y_true = tf.cast(y_true, y_pred.dtype)
+        y_log_ratio = tf.math.xlogy(y_true, y_true) - tf.math.xlogy(y_true, y_pred)  # 0 where y is 0
+        super().update_state(2.0 * (y_log_ratio - (y_true - y_pred)), sample_weight=sample_weight)
+
+
 def _make_metric(name: str) -> keras.metrics.Metric:
+    if name == "poisson_deviance":
+        return PoissonDeviance(name="poisson_deviance")
     if name == "auc":
         return keras.metrics.AUC(num_thresholds=1000, name="auc")
     if name == "log_loss":
@@ -58,10 +71,14 @@ class Head:
         return self._activation(logits)
 
     def per_example_loss(self, labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
-        """Unweighted loss of every example, `[batch]`; log-loss is computed from logits for stability."""
+        """Unweighted loss of every example, `[batch]`. Log-loss and the Poisson loss (`exp(z) - y z` of `z`,
+        the log of the expected count, without the `log(y!)` that does not depend on the model) are computed
+        from logits for stability."""
         labels = tf.cast(labels, logits.dtype)
         if self.task.loss == "log_loss":
             return tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits)
+        if self.task.loss == "poisson":  # the log link: the logit is log(expected count)
+            return tf.nn.log_poisson_loss(targets=labels, log_input=logits)
         # Keras' losses average over the last axis, so give every example an axis of its own.
         loss_fn = _REGRESSION_LOSSES[self.task.loss]
         return loss_fn(labels[:, None], self.predictions(logits)[:, None])

@@ -98,8 +98,12 @@ flags.DEFINE_multi_string(
 flags.DEFINE_list(
     "task_labels", [], "Label column of each task (default: the data's default tasks; synthetic: y1,y2)."
 )
-flags.DEFINE_list("task_types", [], "binary or regression, one per task (default: implied by the loss).")
-flags.DEFINE_list("task_losses", [], "log_loss, mse or huber, one per task (default: implied by the type).")
+flags.DEFINE_list(
+    "task_types", [], "binary, regression or count, one per task (default: implied by the loss)."
+)
+flags.DEFINE_list(
+    "task_losses", [], "log_loss, mse, huber or poisson, one per task (default: implied by the type)."
+)
 flags.DEFINE_list("task_weights", [], "Loss weight of each task (default: 1 each).")
 
 # -- data -----------------------------------------------------------------------------------------
@@ -286,7 +290,7 @@ def _tasks(data_config: DataConfig) -> tuple[TaskConfig, ...]:
     weights = _per_task("task_weights", FLAGS.task_weights, labels)
     tasks = []
     for label, task_type, loss, weight in zip(labels, types, losses, weights, strict=True):
-        task_type = task_type or ("binary" if loss == "log_loss" else "regression")
+        task_type = task_type or {"log_loss": "binary", "poisson": "count"}.get(loss, "regression")
         loss = loss or LOSSES_BY_TYPE.get(task_type, ("",))[0]
         try:
             weight_value = float(weight) if weight else 1.0

@@ -21,10 +21,10 @@ A schema is a JSON file (the one format; see README "Your own data"):
 
 Every column is a feature, a task's label column, a weight column or dropped, so nothing is used (or leaked)
 by accident. A binary task's label is 1 where the column's value is one of `positive_values`; a regression
-task's label is the column's number. A label cell that is empty or in `na_values` is missing: that row
-contributes nothing to that task's loss and metrics, and still trains the other tasks. A categorical value
-seen fewer than `min_count` times in training, or beyond the `max_tokens` most frequent, is out of
-vocabulary, so the OOV buckets are trained too.
+task's label is the column's number, and a count task's (`"type": "count"`: clicks, visits) a whole number
+>= 0. A label cell that is empty or in `na_values` is missing: that row contributes nothing to that task's
+loss and metrics, and still trains the other tasks. A categorical value seen fewer than `min_count` times in
+training, or beyond the `max_tokens` most frequent, is out of vocabulary, so the OOV buckets are trained too.
 """
 
 from __future__ import annotations
@@ -117,9 +117,9 @@ class Schema:
         return tuple(dict.fromkeys(names))
 
     def numeric_columns(self) -> set[str]:
-        """Columns parsed as numbers: numeric features, regression labels and weights."""
+        """Columns parsed as numbers: numeric features, regression and count labels, and weights."""
         numeric = {f.name for f in self.features if f.type == "numeric"}
-        return numeric | {t.column for t in self.tasks if t.type == "regression"} | set(self.weight_columns)
+        return numeric | {t.column for t in self.tasks if t.type != "binary"} | set(self.weight_columns)
 
     def with_columns(self, columns: tuple[str, ...]) -> Schema:
         return dataclasses.replace(self, columns=tuple(columns))

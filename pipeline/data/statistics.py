@@ -40,6 +40,7 @@ class Statistics:
         self.labelled: collections.Counter[str] = collections.Counter()
         self.positives: collections.Counter[str] = collections.Counter()
         self.negative_weights: collections.Counter[str] = collections.Counter()
+        self.bad_counts: collections.Counter[str] = collections.Counter()
 
     def add(self, columns: Mapping[str, np.ndarray]) -> None:
         na_values = set(self.schema.csv.missing_values)
@@ -64,8 +65,11 @@ class Statistics:
                     self.missing[name] += int(_is_in(values, na_values).sum())
         for task in self.schema.tasks:
             labels = columns[task.column]
-            if task.type == "regression":
+            if task.type != "binary":
                 labelled = ~np.isnan(labels)
+                if task.type == "count":
+                    counts = labels[labelled]
+                    self.bad_counts[task.name] += int(((counts < 0) | (counts != np.round(counts))).sum())
             else:
                 labelled = ~_is_in(labels, na_values)
                 self.positives[task.name] += int(_is_in(labels[labelled], set(task.positive_values)).sum())
@@ -94,6 +98,11 @@ class Statistics:
                 raise DataError(
                     f"schema.tasks[{i}] ({task.name!r}): column {task.column!r} has no labelled training row "
                     f"(every value is missing: {', '.join(map(repr, self.schema.csv.missing_values))})."
+                )
+            if self.bad_counts[task.name]:
+                raise DataError(
+                    f"schema.tasks[{i}] ({task.name!r}) is a count task, but {self.bad_counts[task.name]} "
+                    f"training rows of column {task.column!r} are not whole numbers >= 0."
                 )
             if task.type == "binary" and self.positives[task.name] == 0:
                 frequent = ", ".join(f"{v!r} ({n})" for v, n in self.counts[task.column].most_common(5))

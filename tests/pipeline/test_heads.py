@@ -3,6 +3,7 @@ import pytest
 import tensorflow as tf
 
 from pipeline.config import TaskConfig
+from pipeline.errors import ConfigError
 from pipeline.heads import Head, total_loss
 
 BINARY = TaskConfig(name="click", label="click_label", type="binary", loss="log_loss")
@@ -81,3 +82,42 @@ def test_regression_metrics_weight_examples_and_count_the_labelled_ones():
     assert float(metrics["mae"].result()) == pytest.approx((3 + 3 * 1) / 4)
     assert float(metrics["loss"].result()) == pytest.approx((9 + 3 * 1) / 4)
     assert float(metrics["examples"].result()) == 2
+
+
+COUNT = TaskConfig(name="visits", label="visits", type="count", loss="poisson")
+
+
+def test_a_count_task_predicts_the_expected_count_and_learns_by_the_poisson_loss():
+    head = Head(COUNT)
+    assert (COUNT.output_activation, COUNT.metrics) == ("exponential", ("poisson_deviance", "mae"))
+    logits = np.array([0.0, np.log(2.0), 1.0], np.float32)  # log of the expected counts 1, 2, e
+    np.testing.assert_allclose(head.predictions(logits), [1.0, 2.0, np.e], rtol=1e-6)
+    # exp(z) - y z: 1 - 0;  2 - 2 log 2;  e - 5
+    expected = [1.0, 2.0 - 2.0 * np.log(2.0), np.e - 5.0]
+    np.testing.assert_allclose(
+        head.per_example_loss(np.array([0.0, 2.0, 5.0], np.float32), logits), expected, rtol=1e-6
+    )
+
+
+def test_poisson_deviance_and_mae_of_counts():
+    head = Head(COUNT)
+    metrics = head.create_metrics()
+    labels = np.array([0.0, 2.0, 5.0], np.float32)
+    head.update_metrics(
+        metrics, labels, np.array([0.0, np.log(2.0), 1.0], np.float32), np.ones(3, np.float32)
+    )
+    # 2 (y log(y / mu) - (y - mu)):  y 0, mu 1: 2;  y 2, mu 2: 0;  y 5, mu e: 2 (5 (log 5 - 1) - (5 - e))
+    deviances = [2.0, 0.0, 2.0 * (5.0 * (np.log(5.0) - 1.0) - (5.0 - np.e))]
+    assert float(metrics["poisson_deviance"].result()) == pytest.approx(np.mean(deviances), rel=1e-5)
+    assert float(metrics["mae"].result()) == pytest.approx(np.mean([1.0, 0.0, 5.0 - np.e]), rel=1e-5)
+
+
+def test_a_count_task_refuses_another_link():
+    with pytest.raises(ConfigError) as error:
+        TaskConfig(
+            name="visits", label="visits", type="count", loss="poisson", output_activation="relu"
+        ).validate()
+    assert str(error.value) == (
+        "`tasks[visits].output_activation` must be exponential for poisson (the log link). "
+        "Received: tasks[visits].output_activation='relu'"
+    )

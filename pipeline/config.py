@@ -38,6 +38,7 @@ TABULAR_FORMATS = ("csv", "tfrecord", "parquet")
 SPLITS = ("train", "eval", "test")
 LEARNING_RATE_SCHEDULES = ("constant", "exponential", "cosine", "piecewise")
 METRIC_MODES = ("auto", "max", "min")
+LOSS_WEIGHTINGS = ("fixed", "uncertainty")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,6 +135,9 @@ class ModelConfig:
     """Architecture and sizes. `bottom_units` is used by shared-bottom and single-task, `num_experts` by
     OMoE/MMoE, `num_levels`, `num_task_experts` and `num_shared_experts` by PLE, `expert_units` by all three.
 
+    `loss_weighting` is `fixed` (each task's `weight`) or `uncertainty` (weights learned on top of them; see
+    `pipeline.layers.UncertaintyWeights`).
+
     `imports` names modules that register the architecture (see `pipeline.models.registry`); every stage
     imports them before building the model, so a plugin architecture needs naming once.
     """
@@ -151,6 +155,7 @@ class ModelConfig:
     num_levels: int = 2
     num_task_experts: int = 2
     num_shared_experts: int = 2
+    loss_weighting: str = "fixed"
 
     def validate(self) -> None:
         if not self.features:
@@ -167,6 +172,7 @@ class ModelConfig:
         check_positive_int("num_levels", self.num_levels)
         check_positive_int("num_task_experts", self.num_task_experts)
         check_positive_int("num_shared_experts", self.num_shared_experts)
+        check_choice("loss_weighting", self.loss_weighting, LOSS_WEIGHTINGS)
         check_units("expert_units", self.expert_units)
         check_units("bottom_units", self.bottom_units)
         check_units("tower_units", self.tower_units, allow_empty=True)

@@ -201,7 +201,7 @@ class Estimator:
         def step_fn(features: dict, labels: dict, weights: dict) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
             with tf.GradientTape() as tape:
                 logits = model.task_logits(features, training=True)
-                loss, task_losses = heads.total_loss(task_heads, labels, weights, logits)
+                loss, task_losses = heads.total_loss(task_heads, labels, weights, logits, model.loss_weights)
             gradients = tape.gradient(loss, model.trainable_variables)
             optimizer.apply_gradients(zip(gradients, model.trainable_variables, strict=True))
             return loss, task_losses
@@ -314,7 +314,8 @@ class Estimator:
             step = self.step
             if step % train_config.log_every_steps == 0 or step == until:
                 task_values = {name: float(value) for name, value in task_losses.items()}
-                progress.report(step, float(total), task_values, self.learning_rate)
+                loss_weights = self.model.loss_weights.weights_now() if self.model.loss_weights else {}
+                progress.report(step, float(total), task_values, self.learning_rate, loss_weights)
                 result = {
                     "global_step": step,
                     "loss": float(total),

@@ -19,6 +19,7 @@ import keras
 import tensorflow as tf
 
 from pipeline.config import TaskConfig
+from pipeline.layers.uncertainty_weights import UncertaintyWeights
 
 EXAMPLES = "examples"  # the metric counting a task's labelled examples
 _REGRESSION_LOSSES = {
@@ -120,8 +121,10 @@ def total_loss(
     labels: Mapping[str, tf.Tensor],
     weights: Mapping[str, tf.Tensor],
     logits: Mapping[str, tf.Tensor],
+    uncertainty: UncertaintyWeights | None = None,
 ) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
-    """The task-weighted sum of the task losses, and each task's loss (before its task weight).
+    """The task-weighted sum of the task losses, and each task's loss (before its task weight). With
+    `uncertainty`, each task loss is weighted by its learned weight too (see `UncertaintyWeights`).
 
     Called once per replica: each task's weighted loss sum over the replica's examples is divided by the
     task's weight sum over the global batch (an all-reduce across replicas), so summing the replicas' results
@@ -129,6 +132,7 @@ def total_loss(
     with no labelled row in the batch adds 0.
     """
     context = tf.distribute.get_replica_context()
+    replicas = context.num_replicas_in_sync if context is not None else 1
     per_task: dict[str, Any] = {}
     total = tf.constant(0.0)
     for head in heads:
@@ -140,4 +144,8 @@ def total_loss(
         task_loss = tf.math.divide_no_nan(tf.reduce_sum(task_weights * per_example), weight_sum)
         per_task[head.name] = task_loss
         total += head.weight * task_loss
+    if uncertainty is not None:
+        total = uncertainty(
+            per_task, task_weights={head.name: head.weight for head in heads}, replicas=replicas
+        )
     return total, per_task

@@ -47,8 +47,14 @@ class TrainingProgress:
         return (self._last_step - first_step) * self.global_batch_size / (self._last_time - first_time)
 
     def report(
-        self, step: int, total_loss: float, task_losses: Mapping[str, float], learning_rate: float
+        self,
+        step: int,
+        total_loss: float,
+        task_losses: Mapping[str, float],
+        learning_rate: float,
+        loss_weights: Mapping[str, float] | None = None,
     ) -> None:
+        """Logs a line and writes the scalars; `loss_weights` are learned task loss weights, if any."""
         now = time.perf_counter()
         steps_per_sec = (step - self._last_step) / max(now - self._last_time, 1e-9)
         self.examples_per_sec = steps_per_sec * self.global_batch_size
@@ -57,13 +63,15 @@ class TrainingProgress:
             self._first_report = (step, now)
         eta = datetime.timedelta(seconds=round((self.max_steps - step) / max(steps_per_sec, 1e-9)))
         tasks = "  ".join(f"{name} {value:.4f}" for name, value in task_losses.items())
+        weights = "  ".join(f"{name} {value:.3f}" for name, value in (loss_weights or {}).items())
         logging.info(
-            "step %d/%d (%d%%)  loss %.4f  [%s]  %s examples/s  %.1f steps/s  ETA %s",
+            "step %d/%d (%d%%)  loss %.4f  [%s]%s  %s examples/s  %.1f steps/s  ETA %s",
             step,
             self.max_steps,
             100 * step // self.max_steps,
             total_loss,
             tasks,
+            f"  loss weights [{weights}]" if weights else "",
             f"{self.examples_per_sec:,.0f}",
             steps_per_sec,
             eta,
@@ -73,6 +81,8 @@ class TrainingProgress:
             for name, value in task_losses.items():
                 tf.summary.scalar(f"loss/{name}", value)
             tf.summary.scalar("learning_rate", learning_rate)
+            for name, value in (loss_weights or {}).items():
+                tf.summary.scalar(f"loss_weight/{name}", value)
             tf.summary.scalar("steps_per_sec", steps_per_sec)
             tf.summary.scalar("examples_per_sec", self.examples_per_sec)
         self.writer.flush()

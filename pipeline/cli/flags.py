@@ -20,6 +20,7 @@ from pipeline import data, warm_start
 from pipeline import model_dir as model_dir_files
 from pipeline.config import (
     LEARNING_RATE_SCHEDULES,
+    LOSS_WEIGHTINGS,
     LOSSES_BY_TYPE,
     METRIC_MODES,
     DataConfig,
@@ -88,6 +89,13 @@ flags.DEFINE_list(
 )
 flags.DEFINE_list("tower_units", ["8"], "Hidden layer sizes of every task tower (may be empty).")
 flags.DEFINE_float("dropout", 0.0, "Dropout rate after every hidden layer.")
+flags.DEFINE_enum(
+    "loss_weighting",
+    _MODEL.loss_weighting,
+    LOSS_WEIGHTINGS,
+    "fixed: each task's loss times --task_weights; uncertainty: times a weight learned from the task's "
+    "uncertainty too (Kendall et al., 2018).",
+)
 flags.DEFINE_string("activation", "relu", "Activation of every hidden layer.")
 flags.DEFINE_multi_string(
     "import",
@@ -401,6 +409,7 @@ def config_from_flags(with_features: bool = True) -> ExperimentConfig:
         num_levels=FLAGS.num_levels,
         num_task_experts=FLAGS.num_task_experts,
         num_shared_experts=FLAGS.num_shared_experts,
+        loss_weighting=FLAGS.loss_weighting,
     )
     return ExperimentConfig(model=model, data=data_config, train=train)
 
@@ -431,6 +440,7 @@ _FIXED_FLAGS: dict[str, Callable[[ExperimentConfig], Any]] = {
     "num_levels": lambda c: c.model.num_levels,
     "num_task_experts": lambda c: c.model.num_task_experts,
     "num_shared_experts": lambda c: c.model.num_shared_experts,
+    "loss_weighting": lambda c: c.model.loss_weighting,
     "task_labels": lambda c: [t.label for t in c.model.tasks],
     "task_types": lambda c: [t.type for t in c.model.tasks],
     "task_losses": lambda c: [t.loss for t in c.model.tasks],
@@ -596,6 +606,7 @@ HELP_GROUPS: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
             "task_types",
             "task_losses",
             "task_weights",
+            "loss_weighting",
         ),
     ),
     (

@@ -7,6 +7,7 @@ from pipeline.layers.mlp import MLP
 from pipeline.layers.progressive_layered_extraction import ExtractionLevel, ProgressiveLayeredExtraction
 from pipeline.layers.separate_bottoms import SeparateBottoms
 from pipeline.layers.tower import Tower
+from pipeline.layers.uncertainty_weights import UncertaintyWeights
 
 __all__ = [
     "MLP",
@@ -17,4 +18,5 @@ __all__ = [
     "ProgressiveLayeredExtraction",
     "SeparateBottoms",
     "Tower",
+    "UncertaintyWeights",
 ]

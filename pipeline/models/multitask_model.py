@@ -10,7 +10,7 @@ import numpy as np
 from pipeline.config import ExperimentConfig, ModelConfig
 from pipeline.features import FeatureEncoder, Preprocessor
 from pipeline.heads import build_heads
-from pipeline.layers import Tower
+from pipeline.layers import Tower, UncertaintyWeights
 from pipeline.models import registry
 
 
@@ -43,6 +43,11 @@ class MultiTaskModel(keras.Model):
             for task in config.tasks
         ]
         self.heads = build_heads(config.tasks)
+        self.loss_weights = (
+            UncertaintyWeights([task.name for task in config.tasks], name="loss_weights")
+            if config.loss_weighting == "uncertainty"
+            else None
+        )
 
     def task_logits(self, inputs: dict[str, Any], training: bool | None = None) -> dict[str, Any]:
         """Logits per task from preprocessed inputs (`Preprocessor`'s output)."""
@@ -61,6 +66,8 @@ class MultiTaskModel(keras.Model):
 
     def build_variables(self) -> None:
         """Creates every variable by calling the model once on a zero batch of the configured features."""
+        if self.loss_weights is not None:
+            self.loss_weights.build()
         self(
             {
                 f.name: np.zeros((1, f.dim), np.float32) if f.kind == "numeric" else np.array([""], object)

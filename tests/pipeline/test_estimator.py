@@ -171,3 +171,28 @@ def test_continuous_evaluation_evaluates_each_checkpoint_once_and_skips_deleted_
         r["global_step"]
         for r in evaluator.evaluate_continuously(data.input_fn(config, "eval"), max_steps=100, timeout_secs=0)
     ] == [40]
+
+
+def test_uncertainty_loss_weights_are_learned_logged_and_resumed(tmp_path):
+    config = small_experiment(save_checkpoints_steps=50)
+    config = dataclasses.replace(
+        config, model=dataclasses.replace(config.model, loss_weighting="uncertainty")
+    )
+    train_fn = data.input_fn(config, "train")
+    estimator = Estimator(config, tmp_path)
+    estimator.train(train_fn, max_steps=100)
+    learned = estimator.model.loss_weights.weights_now()
+    assert sorted(learned) == ["y1", "y2"] and all(abs(w - 1.0) > 1e-3 for w in learned.values()), learned
+
+    logged = {}
+    for path in (tmp_path / "train").iterdir():
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            for value in event.summary.value:
+                if value.tag.startswith("loss_weight/") and event.step == 100:
+                    logged[value.tag.split("/")[1]] = float(tf.make_ndarray(value.tensor))
+    assert logged == pytest.approx(learned, rel=1e-6)
+
+    resumed = Estimator(config, tmp_path)
+    assert resumed.model.loss_weights.weights_now() == pytest.approx(learned, rel=1e-7)
+    resumed.train(train_fn, max_steps=150)
+    assert resumed.model.loss_weights.weights_now() != pytest.approx(learned, rel=1e-7)

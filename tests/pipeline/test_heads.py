@@ -5,6 +5,7 @@ import tensorflow as tf
 from pipeline.config import TaskConfig
 from pipeline.errors import ConfigError
 from pipeline.heads import Head, total_loss
+from pipeline.layers import UncertaintyWeights
 
 BINARY = TaskConfig(name="click", label="click_label", type="binary", loss="log_loss")
 
@@ -44,6 +45,16 @@ def test_total_loss_is_each_tasks_weighted_mean_over_its_labelled_rows():
     assert float(per_task["a"]) == pytest.approx((1 * 1 + 3 * 9) / 4)
     assert float(per_task["b"]) == pytest.approx((0 + 4) / 2)
     assert float(total) == pytest.approx(7.0 + 0.5 * 2.0)
+
+    # Learned uncertainty weights on top: sum_t w_t (exp(-s_t) L_t + s_t).
+    uncertainty = UncertaintyWeights(["a", "b"])
+    uncertainty.build()
+    uncertainty.log_variances["a"].assign(0.5)
+    uncertainty.log_variances["b"].assign(-0.2)
+    weighted, _ = total_loss(heads, labels, weights, logits, uncertainty)
+    expected = 1.0 * (np.exp(-0.5) * 7.0 + 0.5) + 0.5 * (np.exp(0.2) * 2.0 - 0.2)
+    assert float(weighted) == pytest.approx(expected, rel=1e-6)
+    assert uncertainty.weights_now() == pytest.approx({"a": np.exp(-0.5), "b": np.exp(0.2)})
 
 
 def test_a_task_with_no_labelled_row_in_the_batch_adds_nothing():

@@ -2,7 +2,9 @@
 
 The version is written under a temporary name (TF Serving ignores names that are not integers) and renamed
 into place only once complete and checked, so a server polling `export_base` never sees half a model.
-The `serving_default` signature takes the raw features by name and returns one `[batch]` output per task.
+The `serving_default` signature takes the raw features by name and returns one `[batch]` output per task. A
+model whose experts are mixed by gates (OMoE, MMoE, PLE) also has a `gates` signature: the same inputs, and
+each gate's weights over its experts (see `MultiTaskModel.gate_weights`), to see what the gates do in serving.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -24,6 +27,7 @@ from pipeline.features import feature_spec, feature_specs
 from pipeline.models import MultiTaskModel
 
 SIGNATURE = "serving_default"
+GATES_SIGNATURE = "gates"
 WARMUP_FILE = Path("assets.extra") / "tf_serving_warmup_requests"
 _WARMUP_BATCH_SIZES = (1, 4, 32)
 _CHECK_BATCH_SIZE = 16
@@ -72,12 +76,19 @@ def _write_saved_model(model: MultiTaskModel, path: Path) -> None:
     # Vocabulary lookup tables are TF resources, not variables: Keras does not reach them through the model.
     for layer in model.preprocessor.lookup_layers():
         archive.track(layer)
-    archive.add_endpoint(
-        SIGNATURE,
-        tf.function(lambda features: model(features, training=False)),
-        input_signature=[feature_specs(model.config.features)],
-    )
+    for name, function in _signature_functions(model).items():
+        archive.add_endpoint(
+            name, tf.function(function), input_signature=[feature_specs(model.config.features)]
+        )
     archive.write_out(str(path), verbose=False)
+
+
+def _signature_functions(model: MultiTaskModel) -> dict[str, Any]:
+    """What each exported signature computes from the raw features."""
+    functions = {SIGNATURE: lambda features: model(features, training=False)}
+    if model.has_gates:
+        functions[GATES_SIGNATURE] = model.gate_weights
+    return functions
 
 
 def _write_warmup_requests(model: MultiTaskModel, path: Path) -> None:
@@ -85,28 +96,38 @@ def _write_warmup_requests(model: MultiTaskModel, path: Path) -> None:
     target = path / WARMUP_FILE
     target.parent.mkdir(parents=True, exist_ok=True)
     with tf.io.TFRecordWriter(str(target)) as writer:
-        for batch_size in _WARMUP_BATCH_SIZES:
-            request = predict_pb2.PredictRequest(model_spec=model_pb2.ModelSpec(signature_name=SIGNATURE))
-            for name, values in sample_features(model, batch_size, seed=batch_size).items():
-                request.inputs[name].CopyFrom(tf.make_tensor_proto(values))
-            log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
-            writer.write(log.SerializeToString())
+        for signature_name in _signature_functions(model):
+            for batch_size in _WARMUP_BATCH_SIZES:
+                spec = model_pb2.ModelSpec(signature_name=signature_name)
+                request = predict_pb2.PredictRequest(model_spec=spec)
+                for name, values in sample_features(model, batch_size, seed=batch_size).items():
+                    request.inputs[name].CopyFrom(tf.make_tensor_proto(values))
+                log = prediction_log_pb2.PredictionLog(
+                    predict_log=prediction_log_pb2.PredictLog(request=request)
+                )
+                writer.write(log.SerializeToString())
 
 
 def _check_reload(model: MultiTaskModel, path: Path) -> None:
-    """Reloads the export and checks its signature and predictions against the in-memory model."""
-    signature = tf.saved_model.load(str(path)).signatures[SIGNATURE]
+    """Reloads the export and checks every signature's outputs against the in-memory model's."""
+    signatures = tf.saved_model.load(str(path)).signatures
     features = sample_features(model, _CHECK_BATCH_SIZE)
-    expected = {name: np.asarray(value) for name, value in model(features, training=False).items()}
-    served = {name: value.numpy() for name, value in signature(**features).items()}
-    if sorted(served) != sorted(expected):
-        raise ExportError(f"Exported outputs {sorted(served)} differ from tasks {sorted(expected)}.")
-    for name, value in expected.items():
-        if served[name].shape != value.shape or not np.allclose(served[name], value, rtol=_RTOL, atol=_ATOL):
+    for signature_name, function in _signature_functions(model).items():
+        expected = {name: np.asarray(value) for name, value in function(features).items()}
+        served = {name: value.numpy() for name, value in signatures[signature_name](**features).items()}
+        if sorted(served) != sorted(expected):
             raise ExportError(
-                f"The exported model's output {name!r} differs from the in-memory model's "
-                f"(max |diff| {np.max(np.abs(served[name] - value)):.3g}); the export was discarded."
+                f"The exported {signature_name} outputs {sorted(served)} differ from {sorted(expected)}."
             )
+        for name, value in expected.items():
+            if served[name].shape != value.shape or not np.allclose(
+                served[name], value, rtol=_RTOL, atol=_ATOL
+            ):
+                raise ExportError(
+                    f"The exported model's {signature_name} output {name!r} differs from the in-memory "
+                    f"model's (max |diff| {np.max(np.abs(served[name] - value)):.3g}); the export was "
+                    "discarded."
+                )
 
 
 def _remove_old_versions(base: Path, exports_to_keep: int | None) -> None:

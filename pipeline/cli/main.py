@@ -303,8 +303,11 @@ def predict() -> None:
             raise ConfigError(f"the server answered {error.code}: {error.message}") from None
 
 
-def _shortest(value: np.generic) -> object:
-    """A float32 as its shortest round-trip decimal (0.1645074, not 0.1645074039697647)."""
+def _shortest(value: np.generic | np.ndarray) -> object:
+    """A float32 as its shortest round-trip decimal (0.1645074, not 0.1645074039697647); an array (a row of
+    gate weights, class probabilities) as a list of those."""
+    if isinstance(value, np.ndarray) and value.ndim:
+        return [_shortest(item) for item in value]
     return float(str(value)) if value.dtype.kind == "f" else value.item()
 
 

@@ -105,6 +105,11 @@ class MixtureOfExperts(keras.layers.Layer):
         logits = ops.reshape(ops.matmul(inputs, kernels), (-1, self.num_gates, self.num_experts))
         return softmax(logits)
 
+    def named_gate_weights(self, inputs: Any, task_names: Sequence[str]) -> dict[str, Any]:
+        """Each task's mixture weights `[batch, num_experts]`, by task name (OMoE's tasks share one gate)."""
+        weights = self.gate_weights(inputs)
+        return {task: weights[:, 0 if self.num_gates == 1 else i] for i, task in enumerate(task_names)}
+
     def call(self, inputs: Any, training: bool | None = None) -> list[Any]:
         mixed = ops.matmul(self.gate_weights(inputs), self.expert_outputs(inputs, training))
         return ops.unstack(mixed, num=self.num_gates, axis=1)

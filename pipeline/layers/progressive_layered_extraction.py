@@ -46,7 +46,7 @@ class ExtractionLevel(keras.layers.Layer):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        check_unique("task_names", list(task_names))
+        check_unique("task_names", [*task_names, "shared"])  # "shared" names the shared experts and gate
         self.task_names = tuple(task_names)
         self.num_task_experts = check_positive_int("num_task_experts", num_task_experts)
         self.num_shared_experts = check_positive_int("num_shared_experts", num_shared_experts)
@@ -184,6 +184,16 @@ class ProgressiveLayeredExtraction(keras.layers.Layer):
         for level in self.levels:
             x = level(x, training=training)
         return x
+
+    def named_gate_weights(self, inputs: Any, task_names: Sequence[str] = ()) -> dict[str, Any]:
+        """Every gate's weights by name: `<task>_level_<l>` (over the task's own experts, then the shared
+        ones) and, below the top level, `shared_level_<l>` (over every task's experts, then the shared
+        ones)."""
+        named = {}
+        for level, weights in enumerate(self.gate_weights(inputs)):
+            names = [*self.task_names, "shared"][: len(weights)]
+            named.update({f"{name}_level_{level}": w for name, w in zip(names, weights, strict=True)})
+        return named
 
     def gate_weights(self, inputs: Any) -> list[list[Any]]:
         """Every level's gate weights (see `ExtractionLevel.gate_weights`), level by level."""

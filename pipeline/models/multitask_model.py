@@ -64,6 +64,17 @@ class MultiTaskModel(keras.Model):
         logits = self.task_logits(self.preprocessor(features), training=training)
         return {head.name: head.predictions(logits[head.name]) for head in self.heads}
 
+    @property
+    def has_gates(self) -> bool:
+        """Whether the bottom mixes experts with gates whose weights `gate_weights` can report."""
+        return hasattr(self.bottom, "named_gate_weights")
+
+    def gate_weights(self, features: dict[str, Any]) -> dict[str, Any]:
+        """The bottom's gate weights for raw features, by name (MMoE and OMoE: one `[batch, experts]` per
+        task; PLE: per task and level): what the export's `gates` signature serves."""
+        encoded = self.encoder(self.preprocessor(features))
+        return self.bottom.named_gate_weights(encoded, [task.name for task in self.config.tasks])
+
     def build_variables(self) -> None:
         """Creates every variable by calling the model once on a zero batch of the configured features."""
         if self.loss_weights is not None:

@@ -69,6 +69,27 @@ def test_predict_prints_per_task_predictions_of_each_row(served, tmp_path, schem
         np.testing.assert_allclose(np.float32([p[task] for p in printed]), expected[task].numpy(), rtol=1e-6)
 
 
+def test_predict_prints_the_gate_weights_of_each_row(served, tmp_path):
+    rows = np.random.default_rng(3).normal(size=(3, 100)).astype(np.float32)
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps({"inputs": r.tolist()}) + "\n" for r in rows))
+    result = mtl(
+        "predict",
+        f"--server={served['grpc']}",
+        "--model_name=omoe",
+        "--signature_name=gates",
+        f"--input={tmp_path / 'rows.jsonl'}",
+    )
+    assert result.returncode == 0, result.stderr
+    printed = [json.loads(line) for line in result.stdout.splitlines()]
+    (version,) = list(served["export"].iterdir())
+    expected = tf.saved_model.load(str(version)).signatures["gates"](inputs=tf.constant(rows))
+    for task in ("y1", "y2"):  # OMoE: one gate all tasks share, over its 4 experts
+        weights = np.float32([p[task] for p in printed])
+        assert weights.shape == (3, 4)
+        np.testing.assert_allclose(weights, expected[task].numpy(), rtol=1e-6)
+    np.testing.assert_array_equal([p["y1"] for p in printed], [p["y2"] for p in printed])
+
+
 def test_predict_reports_server_and_input_mistakes_in_one_line(served, tmp_path):
     rows = tmp_path / "rows.jsonl"
     rows.write_text('{"inputs": [0.5]}\n')

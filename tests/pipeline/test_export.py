@@ -49,13 +49,14 @@ def test_versions_increase_and_old_ones_are_pruned(trained, tmp_path):
 def test_warmup_requests_match_the_signature(trained, tmp_path):
     path = trained.export(tmp_path)
     records = list(tf.data.TFRecordDataset(str(path / export.WARMUP_FILE)))
-    assert len(records) == 3
+    signatures = []
     for record in records:
         log = prediction_log_pb2.PredictionLog.FromString(record.numpy())
         request = log.predict_log.request
-        assert request.model_spec.signature_name == "serving_default"
+        signatures.append(request.model_spec.signature_name)
         tensor = tf.make_ndarray(request.inputs["inputs"])
         assert tensor.dtype == np.float32 and tensor.shape[1:] == (100,)
+    assert signatures == ["serving_default"] * 3 + ["gates"] * 3  # batches of 1, 4 and 32 for each
 
 
 def test_export_base_that_is_a_file(trained, tmp_path):
@@ -101,3 +102,35 @@ def test_the_newer_architectures_export_and_reload(tmp_path, architecture):
     expected = estimator.model(features)
     for task in ("y1", "y2"):
         np.testing.assert_allclose(served[task].numpy(), np.asarray(expected[task]), rtol=1e-5, atol=1e-6)
+
+
+def test_the_gates_signature_serves_each_tasks_mixture_weights(trained, tmp_path):
+    path = trained.export(tmp_path)
+    gates = tf.saved_model.load(str(path)).signatures["gates"]
+    features = export.sample_features(trained.model, 16)
+    served = {name: value.numpy() for name, value in gates(**features).items()}
+    expected = trained.model.gate_weights(features)
+    assert sorted(served) == ["y1", "y2"]  # MMoE: a gate per task, over its 4 experts
+    for task, weights in served.items():
+        assert weights.shape == (16, 4)
+        np.testing.assert_allclose(weights.sum(axis=1), np.ones(16), rtol=1e-5)
+        np.testing.assert_allclose(weights, np.asarray(expected[task]), rtol=1e-5, atol=1e-7)
+
+
+def test_ple_gates_are_served_per_level_and_a_model_without_gates_has_no_such_signature(tmp_path):
+    ple = Estimator(small_experiment("ple"), tmp_path / "ple")
+    ple.train(data.input_fn(ple.config, "train"), max_steps=2)
+    served = tf.saved_model.load(str(ple.export(tmp_path / "ple_export"))).signatures["gates"](
+        **export.sample_features(ple.model, 3)
+    )
+    shapes = {name: tuple(value.shape) for name, value in served.items()}
+    assert shapes == {  # 2 task experts each and 2 shared; the shared gate mixes all 6
+        "y1_level_0": (3, 4),
+        "y2_level_0": (3, 4),
+        "shared_level_0": (3, 6),
+        "y1_level_1": (3, 4),
+        "y2_level_1": (3, 4),
+    }
+    bottom = Estimator(small_experiment("shared_bottom"), tmp_path / "sb")
+    bottom.train(data.input_fn(bottom.config, "train"), max_steps=2)
+    assert "gates" not in tf.saved_model.load(str(bottom.export(tmp_path / "sb_export"))).signatures

@@ -19,7 +19,7 @@ import keras
 import tensorflow as tf
 from absl import logging
 
-from pipeline import distribute, early_stopping, export, heads
+from pipeline import distribute, early_stopping, experts_report, export, heads
 from pipeline import model_dir as model_dir_files
 from pipeline.checks import check_positive_int
 from pipeline.config import ExperimentConfig
@@ -426,6 +426,21 @@ class Estimator:
                     for metric_name, value in values.items():
                         tf.summary.scalar(f"{metric_name}/{name}", value)
         return results
+
+    def report_experts(self, input_fn: InputFn, split: str = "eval") -> dict[str, Any]:
+        """What the gates do on `split` (see `pipeline.experts_report`), written to `model_dir/experts.json`
+        and `model_dir/experts.png`.
+
+        Raises:
+            ValueError: the model mixes no experts with gates.
+        """
+        dataset = input_fn(tf.distribute.InputContext(), 0)
+        report = experts_report.gate_statistics(self.model, (inputs for inputs, _, _ in dataset))
+        report = {"global_step": self.step, "split": split, **report}
+        if self.is_chief:
+            model_dir_files.write_json_atomically(self.model_dir / experts_report.REPORT_FILE, report)
+            experts_report.draw(report, self.model_dir / experts_report.PICTURE_FILE)
+        return report
 
     def evaluate_continuously(
         self,

@@ -55,6 +55,11 @@ flags.DEFINE_boolean(
     "export_best", False, "train_and_evaluate: export each new best evaluation to --export_base."
 )
 flags.DEFINE_boolean(
+    "report_experts",
+    False,
+    "evaluate: also report what the gates do (experts.json, experts.png in --model_dir).",
+)
+flags.DEFINE_boolean(
     "continuous", False, "evaluate: evaluate each new checkpoint once as it appears, until --max_steps."
 )
 flags.DEFINE_float(
@@ -675,7 +680,7 @@ HELP_GROUPS: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
             "export_best",
         ),
     ),
-    ("Evaluation", ("evaluate",), ("eval_split", "continuous", "timeout_secs")),
+    ("Evaluation", ("evaluate",), ("eval_split", "report_experts", "continuous", "timeout_secs")),
     ("Which checkpoint", ("evaluate", "export"), ("checkpoint",)),
     ("Export", ("export", "train_and_evaluate", "demo"), ("export_base", "exports_to_keep")),
     ("Data conversion", ("data",), ("shards",)),

@@ -36,7 +36,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, logging  # noqa: E402
 
-from pipeline import data, distribute  # noqa: E402
+from pipeline import data, distribute, experts_report  # noqa: E402
 from pipeline import model_dir as model_dir_files  # noqa: E402
 from pipeline.cli import flags as cli_flags  # noqa: E402
 from pipeline.data import tabular  # noqa: E402
@@ -177,6 +177,14 @@ def evaluate() -> None:
         return
     estimator = _estimator(require_saved=True, checkpoint=FLAGS.checkpoint)
     _print_results(_evaluate(estimator, FLAGS.eval_split))
+    if FLAGS.report_experts:
+        if not estimator.model.has_gates:
+            raise ConfigError(
+                f"--report_experts: the {estimator.config.model.architecture} model has no gates."
+            )
+        report = estimator.report_experts(_input_fn(estimator, FLAGS.eval_split), FLAGS.eval_split)
+        print("\n".join(experts_report.summary(report)))
+        print(f"Wrote {Path(FLAGS.model_dir) / experts_report.REPORT_FILE} and {experts_report.PICTURE_FILE}")
 
 
 def _evaluate_continuously() -> None:

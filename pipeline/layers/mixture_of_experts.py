@@ -110,6 +110,10 @@ class MixtureOfExperts(keras.layers.Layer):
         weights = self.gate_weights(inputs)
         return {task: weights[:, 0 if self.num_gates == 1 else i] for i, task in enumerate(task_names)}
 
+    def gate_experts(self, task_names: Sequence[str]) -> dict[str, list[str]]:
+        """The experts each of `named_gate_weights`' gates weighs, in order: `expert_<i>`, for every gate."""
+        return {task: [f"expert_{i}" for i in range(self.num_experts)] for task in task_names}
+
     def call(self, inputs: Any, training: bool | None = None) -> list[Any]:
         mixed = ops.matmul(self.gate_weights(inputs), self.expert_outputs(inputs, training))
         return ops.unstack(mixed, num=self.num_gates, axis=1)

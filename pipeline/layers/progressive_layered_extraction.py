@@ -195,6 +195,23 @@ class ProgressiveLayeredExtraction(keras.layers.Layer):
             named.update({f"{name}_level_{level}": w for name, w in zip(names, weights, strict=True)})
         return named
 
+    def gate_experts(self, task_names: Sequence[str] = ()) -> dict[str, list[str]]:
+        """The experts each of `named_gate_weights`' gates weighs, in order, named `level_<l>/<owner>_<i>`
+        (the owner a task, or `shared`)."""
+        named = {}
+        for level in range(self.num_levels):
+
+            def experts(owner: str, count: int, level: int = level) -> list[str]:
+                return [f"level_{level}/{owner}_{i}" for i in range(count)]
+
+            shared = experts("shared", self.num_shared_experts)
+            for task in self.task_names:
+                named[f"{task}_level_{level}"] = experts(task, self.num_task_experts) + shared
+            if level < self.num_levels - 1:
+                every = [name for task in self.task_names for name in experts(task, self.num_task_experts)]
+                named[f"shared_level_{level}"] = every + shared
+        return named
+
     def gate_weights(self, inputs: Any) -> list[list[Any]]:
         """Every level's gate weights (see `ExtractionLevel.gate_weights`), level by level."""
         x, weights = [inputs] * (len(self.task_names) + 1), []

@@ -1,6 +1,7 @@
 """The `mtl` command as a user runs it: a separate process, flags, exit codes and what it prints."""
 
 import json
+import re
 
 import pytest
 
@@ -97,3 +98,15 @@ def test_unknown_stage():
     unknown = mtl("fit")
     assert unknown.returncode == 1 and "Traceback" not in unknown.stderr
     assert "Unknown stage 'fit'" in unknown.stderr
+
+
+def test_evaluate_reports_what_the_gates_do(trained_dir):
+    reported = mtl("evaluate", f"--model_dir={trained_dir}", "--report_experts")
+    assert reported.returncode == 0, reported.stderr
+    lines = reported.stdout.splitlines()
+    assert "Gate weights over 512 examples:" in lines
+    assert re.search(r"^  y1 +entropy \d\.\d\d of 1\.39  heaviest: expert_\d 0\.\d\d", reported.stdout, re.M)
+    report = json.loads((trained_dir / "experts.json").read_text())
+    # OMoE: one gate every task shares, reported under each task's name.
+    assert report["gates"]["y1"] == report["gates"]["y2"] and report["split"] == "eval"
+    assert (trained_dir / "experts.png").read_bytes()[:4] == b"\x89PNG"

@@ -34,6 +34,7 @@ from pipeline.config import (
 from pipeline.data import census, tabular
 from pipeline.distribute import STRATEGIES
 from pipeline.errors import ConfigError
+from pipeline.models import sizing
 from serving import config as serving_config
 from serving.server import ServerOptions
 
@@ -94,6 +95,12 @@ flags.DEFINE_list(
 )
 flags.DEFINE_list("tower_units", ["8"], "Hidden layer sizes of every task tower (may be empty).")
 flags.DEFINE_float("dropout", 0.0, "Dropout rate after every hidden layer.")
+flags.DEFINE_integer(
+    "param_budget",
+    None,
+    "Scale --expert_units (mixtures, PLE) or --bottom_units (shared_bottom, single_task) so that the model "
+    "has this many parameters, within 2%.",
+)
 flags.DEFINE_enum(
     "loss_weighting",
     _MODEL.loss_weighting,
@@ -416,6 +423,8 @@ def config_from_flags(with_features: bool = True) -> ExperimentConfig:
         num_shared_experts=FLAGS.num_shared_experts,
         loss_weighting=FLAGS.loss_weighting,
     )
+    if FLAGS.param_budget is not None and with_features:
+        model = sizing.fit_to_budget(model, FLAGS.param_budget)
     return ExperimentConfig(model=model, data=data_config, train=train)
 
 
@@ -479,6 +488,8 @@ def resolve_config(saved: ExperimentConfig | None, config_path: str) -> Experime
     Raises:
         ConfigError: an explicit model or data flag disagrees with the saved config, or a value is bad.
     """
+    if saved is not None and FLAGS["param_budget"].present:
+        raise ConfigError(f"--param_budget sizes a new model; {config_path} holds one already.")
     if saved is None:
         config = config_from_flags()
         if FLAGS.warm_start_from:
@@ -612,6 +623,7 @@ HELP_GROUPS: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
             "task_losses",
             "task_weights",
             "loss_weighting",
+            "param_budget",
         ),
     ),
     (

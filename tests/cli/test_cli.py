@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from tests.cli.commands import assert_one_line_error, mtl
+from tests.cli.commands import SMALL, assert_one_line_error, mtl
 
 
 def test_train_resume_evaluate_export(trained_dir, tmp_path):
@@ -110,3 +110,17 @@ def test_evaluate_reports_what_the_gates_do(trained_dir):
     # OMoE: one gate every task shares, reported under each task's name.
     assert report["gates"]["y1"] == report["gates"]["y2"] and report["split"] == "eval"
     assert (trained_dir / "experts.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_param_budget_sizes_a_new_model_and_not_a_trained_one(tmp_path):
+    sized = mtl("train", f"--model_dir={tmp_path / 'run'}", "--param_budget=20000", "--max_steps=10", *SMALL)
+    assert sized.returncode == 0, sized.stderr
+    assert "Sized mmoe to" in sized.stderr
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())["model"]
+    assert saved["num_experts"] == 4 and saved["expert_units"] != [16]
+    again = mtl("train", f"--model_dir={tmp_path / 'run'}", "--param_budget=30000", "--max_steps=20")
+    assert_one_line_error(
+        again,
+        "train",
+        f"--param_budget sizes a new model; {tmp_path / 'run' / 'config.json'} holds one already.",
+    )

@@ -135,6 +135,7 @@ class ModelConfig:
     """Architecture and sizes. `bottom_units` is used by shared-bottom and single-task, `num_experts` by
     OMoE/MMoE, `num_levels`, `num_task_experts` and `num_shared_experts` by PLE, `expert_units` by all three.
 
+    `param_budget`, when not 0, is the parameter count the widths were sized to (`pipeline.models.sizing`).
     `loss_weighting` is `fixed` (each task's `weight`) or `uncertainty` (weights learned on top of them; see
     `pipeline.layers.UncertaintyWeights`).
 
@@ -156,6 +157,7 @@ class ModelConfig:
     num_task_experts: int = 2
     num_shared_experts: int = 2
     loss_weighting: str = "fixed"
+    param_budget: int = 0
 
     def validate(self) -> None:
         if not self.features:

@@ -72,14 +72,14 @@ class Head:
         return self._activation(logits)
 
     def per_example_loss(self, labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
-        """Unweighted loss of every example, `[batch]`. Log-loss and the Poisson loss (`exp(z) - y z` of `z`,
-        the log of the expected count, without the `log(y!)` that does not depend on the model) are computed
-        from logits for stability."""
+        """Unweighted loss of every example, `[batch]`. Log-loss and the Poisson loss (the negative
+        log-likelihood `exp(z) - y z + log(y!)` of `z`, the log of the expected count: never negative, as a
+        loss weighted by a learned uncertainty must be) are computed from logits for stability."""
         labels = tf.cast(labels, logits.dtype)
         if self.task.loss == "log_loss":
             return tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits)
         if self.task.loss == "poisson":  # the log link: the logit is log(expected count)
-            return tf.nn.log_poisson_loss(targets=labels, log_input=logits)
+            return tf.exp(logits) - labels * logits + tf.math.lgamma(labels + 1.0)
         # Keras' losses average over the last axis, so give every example an axis of its own.
         loss_fn = _REGRESSION_LOSSES[self.task.loss]
         return loss_fn(labels[:, None], self.predictions(logits)[:, None])
@@ -134,6 +134,7 @@ def total_loss(
     context = tf.distribute.get_replica_context()
     replicas = context.num_replicas_in_sync if context is not None else 1
     per_task: dict[str, Any] = {}
+    labelled: dict[str, Any] = {}
     total = tf.constant(0.0)
     for head in heads:
         per_example = head.per_example_loss(labels[head.label], logits[head.name])
@@ -143,9 +144,13 @@ def total_loss(
             weight_sum = context.all_reduce(tf.distribute.ReduceOp.SUM, weight_sum)
         task_loss = tf.math.divide_no_nan(tf.reduce_sum(task_weights * per_example), weight_sum)
         per_task[head.name] = task_loss
+        labelled[head.name] = tf.cast(weight_sum > 0, per_example.dtype)
         total += head.weight * task_loss
     if uncertainty is not None:
         total = uncertainty(
-            per_task, task_weights={head.name: head.weight for head in heads}, replicas=replicas
+            per_task,
+            task_weights={head.name: head.weight for head in heads},
+            replicas=replicas,
+            present=labelled,
         )
     return total, per_task

@@ -311,6 +311,11 @@ def _tasks(data_config: DataConfig) -> tuple[TaskConfig, ...]:
     tasks = []
     for label, task_type, loss, weight in zip(labels, types, losses, weights, strict=True):
         task_type = task_type or {"log_loss": "binary", "poisson": "count"}.get(loss, "regression")
+        if task_type == "count" and not label.endswith("_binary"):
+            raise ConfigError(
+                f"--task_types: {label!r} is a real number, not a count; of the synthetic labels only "
+                "y1_binary and y2_binary are whole numbers >= 0."
+            )
         loss = loss or LOSSES_BY_TYPE.get(task_type, ("",))[0]
         try:
             weight_value = float(weight) if weight else 1.0
@@ -425,6 +430,8 @@ def config_from_flags(with_features: bool = True) -> ExperimentConfig:
     )
     if FLAGS.param_budget is not None and with_features:
         model = sizing.fit_to_budget(model, FLAGS.param_budget)
+    elif FLAGS.param_budget is not None:  # no inputs to size with: what a saved model is checked against
+        model = dataclasses.replace(model, param_budget=FLAGS.param_budget)
     return ExperimentConfig(model=model, data=data_config, train=train)
 
 
@@ -455,6 +462,7 @@ _FIXED_FLAGS: dict[str, Callable[[ExperimentConfig], Any]] = {
     "num_task_experts": lambda c: c.model.num_task_experts,
     "num_shared_experts": lambda c: c.model.num_shared_experts,
     "loss_weighting": lambda c: c.model.loss_weighting,
+    "param_budget": lambda c: c.model.param_budget or None,
     "task_labels": lambda c: [t.label for t in c.model.tasks],
     "task_types": lambda c: [t.type for t in c.model.tasks],
     "task_losses": lambda c: [t.loss for t in c.model.tasks],
@@ -476,6 +484,10 @@ _FIXED_FLAGS: dict[str, Callable[[ExperimentConfig], Any]] = {
 }
 
 
+# The widths --param_budget scales: given with it, they give proportions, not the saved widths.
+_WIDTH_FLAGS = ("expert_units", "bottom_units")
+
+
 def _format(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return ",".join(_format(v) for v in value)
@@ -488,17 +500,16 @@ def resolve_config(saved: ExperimentConfig | None, config_path: str) -> Experime
     Raises:
         ConfigError: an explicit model or data flag disagrees with the saved config, or a value is bad.
     """
-    if saved is not None and FLAGS["param_budget"].present:
-        raise ConfigError(f"--param_budget sizes a new model; {config_path} holds one already.")
     if saved is None:
         config = config_from_flags()
         if FLAGS.warm_start_from:
             config = warm_start.with_source_features(config, FLAGS.warm_start_from)
         return config.validate()
     requested = config_from_flags(with_features=False)
+    sized = _WIDTH_FLAGS if saved.model.param_budget else ()
     for flag, value_of in _FIXED_FLAGS.items():
         old, new = value_of(saved), value_of(requested)
-        if not FLAGS[flag].present or model_dir_files.differences(old, new) == []:
+        if not FLAGS[flag].present or flag in sized or model_dir_files.differences(old, new) == []:
             continue
         if not isinstance(old, (dict, list)) or not isinstance(new, (dict, list)):
             raise ConfigError(

@@ -176,12 +176,10 @@ def evaluate() -> None:
         _evaluate_continuously()
         return
     estimator = _estimator(require_saved=True, checkpoint=FLAGS.checkpoint)
+    if FLAGS.report_experts and not estimator.model.has_gates:
+        raise ConfigError(f"--report_experts: the {estimator.config.model.architecture} model has no gates.")
     _print_results(_evaluate(estimator, FLAGS.eval_split))
     if FLAGS.report_experts:
-        if not estimator.model.has_gates:
-            raise ConfigError(
-                f"--report_experts: the {estimator.config.model.architecture} model has no gates."
-            )
         report = estimator.report_experts(_input_fn(estimator, FLAGS.eval_split), FLAGS.eval_split)
         print("\n".join(experts_report.summary(report)))
         print(f"Wrote {Path(FLAGS.model_dir) / experts_report.REPORT_FILE} and {experts_report.PICTURE_FILE}")
@@ -189,8 +187,10 @@ def evaluate() -> None:
 
 def _evaluate_continuously() -> None:
     """The evaluator beside a training job: it may start before the trainer has written anything."""
-    if FLAGS["checkpoint"].present:
-        raise ConfigError("--continuous evaluates each new checkpoint; it takes no --checkpoint.")
+    if FLAGS["checkpoint"].present or FLAGS.report_experts:
+        raise ConfigError(
+            "--continuous evaluates each new checkpoint; it takes no --checkpoint or --report_experts."
+        )
     if not FLAGS.model_dir:
         raise ConfigError("--model_dir is required.")
     present_at_start = model_dir_files.checkpoint_steps(FLAGS.model_dir)

@@ -8,7 +8,7 @@ from typing import Any
 import keras
 from keras import ops
 
-from pipeline.checks import check_positive_int, check_rate, check_unique, check_units
+from pipeline.checks import check_positive_int, check_rate, check_unique, check_units, invalid
 from pipeline.layers.experts import Experts, mix
 from pipeline.layers.gate import Gate
 from pipeline.layers.initializers import fresh_copy
@@ -46,7 +46,11 @@ class ExtractionLevel(keras.layers.Layer):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        check_unique("task_names", [*task_names, "shared"])  # "shared" names the shared experts and gate
+        if "shared" in task_names:
+            raise invalid(
+                "task_names", list(task_names), "must not hold 'shared', PLE's name for shared experts"
+            )
+        check_unique("task_names", list(task_names))
         self.task_names = tuple(task_names)
         self.num_task_experts = check_positive_int("num_task_experts", num_task_experts)
         self.num_shared_experts = check_positive_int("num_shared_experts", num_shared_experts)

@@ -32,16 +32,23 @@ class UncertaintyWeights(keras.layers.Layer):
         }
 
     def call(
-        self, task_losses: Mapping[str, Any], task_weights: Mapping[str, float], replicas: int = 1
+        self,
+        task_losses: Mapping[str, Any],
+        task_weights: Mapping[str, float],
+        replicas: int = 1,
+        present: Mapping[str, Any] | None = None,
     ) -> Any:
         """The total of `task_weights[t] * (exp(-s_t) L_t + s_t)` over the tasks. Called on each of `replicas`
         replicas with its share of each task loss, it adds its share `s_t / replicas` of the `s_t` terms too,
-        so that the replicas' results sum to the total."""
-        return sum(
-            task_weights[task]
-            * (ops.exp(-self.log_variances[task]) * loss + self.log_variances[task] / replicas)
-            for task, loss in task_losses.items()
-        )
+        so that the replicas' results sum to the total. `present[t]` (1 or 0) says whether task `t` has any
+        labelled row in the batch: without one, its `s_t` term is left out too, or batches without labels
+        would only ever push its weight up."""
+        total = 0.0
+        for task, loss in task_losses.items():
+            s = self.log_variances[task]
+            regulariser = s / replicas if present is None else present[task] * s / replicas
+            total += task_weights[task] * (ops.exp(-s) * loss + regulariser)
+        return total
 
     def weights_now(self) -> dict[str, float]:
         """Each task's current loss weight `exp(-s_t)`."""

@@ -66,8 +66,9 @@ class MultiTaskModel(keras.Model):
 
     @property
     def has_gates(self) -> bool:
-        """Whether the bottom mixes experts with gates whose weights `gate_weights` can report."""
-        return hasattr(self.bottom, "named_gate_weights")
+        """Whether the bottom mixes experts with gates it can report: it has `named_gate_weights` (weights by
+        gate) and `gate_experts` (the experts each gate weighs), as `MixtureOfExperts` and PLE do."""
+        return hasattr(self.bottom, "named_gate_weights") and hasattr(self.bottom, "gate_experts")
 
     def gate_weights(self, features: dict[str, Any]) -> dict[str, Any]:
         """The bottom's gate weights for raw features, by name (MMoE and OMoE: one `[batch, experts]` per

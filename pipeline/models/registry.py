@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from importlib import metadata
 
 import keras
+from absl import logging
 
 from pipeline.config import ModelConfig
 from pipeline.errors import ConfigError, UnknownNameError
@@ -59,7 +60,10 @@ def _load_entry_points() -> None:
         return
     _entry_points_loaded = True
     for entry_point in metadata.entry_points(group=ENTRY_POINT_GROUP):
-        import_modules([entry_point.module])
+        try:
+            import_modules([entry_point.module])
+        except ConfigError as error:  # one broken package must not stop the architectures of the others
+            logging.warning("Skipped the %s entry point %r: %s", ENTRY_POINT_GROUP, entry_point.name, error)
 
 
 def names() -> list[str]:

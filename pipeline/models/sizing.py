@@ -73,4 +73,4 @@ def fit_to_budget(config: ModelConfig, budget: int, tolerance: float = 0.02) -> 
         field,
         ",".join(map(str, getattr(best, field))),
     )
-    return best
+    return dataclasses.replace(best, param_budget=budget)

@@ -107,6 +107,7 @@ def test_evaluate_reports_what_the_gates_do(trained_dir):
     assert "Gate weights over 512 examples:" in lines
     assert re.search(r"^  y1 +entropy \d\.\d\d of 1\.39  heaviest: expert_\d 0\.\d\d", reported.stdout, re.M)
     report = json.loads((trained_dir / "experts.json").read_text())
+    assert report["global_step"] == json.loads((trained_dir / "eval_results.json").read_text())["global_step"]
     # OMoE: one gate every task shares, reported under each task's name.
     assert report["gates"]["y1"] == report["gates"]["y2"] and report["split"] == "eval"
     assert (trained_dir / "experts.png").read_bytes()[:4] == b"\x89PNG"
@@ -118,9 +119,29 @@ def test_param_budget_sizes_a_new_model_and_not_a_trained_one(tmp_path):
     assert "Sized mmoe to" in sized.stderr
     saved = json.loads((tmp_path / "run" / "config.json").read_text())["model"]
     assert saved["num_experts"] == 4 and saved["expert_units"] != [16]
-    again = mtl("train", f"--model_dir={tmp_path / 'run'}", "--param_budget=30000", "--max_steps=20")
+    # The same command again resumes (the saved widths are not checked against --expert_units' proportions).
+    again = mtl("train", f"--model_dir={tmp_path / 'run'}", "--param_budget=20000", "--max_steps=20", *SMALL)
+    assert again.returncode == 0, again.stderr
+    assert "Training mmoe from step 10 to 20" in again.stderr
+    other = mtl("train", f"--model_dir={tmp_path / 'run'}", "--param_budget=30000", "--max_steps=30")
     assert_one_line_error(
-        again,
+        other,
         "train",
-        f"--param_budget sizes a new model; {tmp_path / 'run' / 'config.json'} holds one already.",
+        f"--param_budget=30000 conflicts with {tmp_path / 'run' / 'config.json'} (param_budget=20000). "
+        "Use a new --model_dir, or drop the flag.",
     )
+
+
+def test_mistakes_with_the_toolbox_flags_are_one_line_errors(tmp_path):
+    count = mtl("train", f"--model_dir={tmp_path / 'a'}", "--task_labels=y1", "--task_types=count")
+    assert_one_line_error(
+        count,
+        "train",
+        "--task_types: 'y1' is a real number, not a count; of the synthetic labels only y1_binary and "
+        "y2_binary are whole numbers >= 0.",
+    )
+    trained = mtl("train", f"--model_dir={tmp_path / 'b'}", "--model=shared_bottom", "--max_steps=2", *SMALL)
+    assert trained.returncode == 0, trained.stderr
+    report = mtl("evaluate", f"--model_dir={tmp_path / 'b'}", "--report_experts")
+    assert_one_line_error(report, "evaluate", "--report_experts: the shared_bottom model has no gates.")
+    assert "Evaluation of" not in report.stdout  # refused before evaluating

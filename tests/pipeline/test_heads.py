@@ -103,8 +103,8 @@ def test_a_count_task_predicts_the_expected_count_and_learns_by_the_poisson_loss
     assert (COUNT.output_activation, COUNT.metrics) == ("exponential", ("poisson_deviance", "mae"))
     logits = np.array([0.0, np.log(2.0), 1.0], np.float32)  # log of the expected counts 1, 2, e
     np.testing.assert_allclose(head.predictions(logits), [1.0, 2.0, np.e], rtol=1e-6)
-    # exp(z) - y z: 1 - 0;  2 - 2 log 2;  e - 5
-    expected = [1.0, 2.0 - 2.0 * np.log(2.0), np.e - 5.0]
+    # The negative log-likelihood exp(z) - y z + log(y!): 1 - 0 + 0;  2 - 2 log 2 + log 2;  e - 5 + log 120
+    expected = [1.0, 2.0 - np.log(2.0), np.e - 5.0 + np.log(120.0)]
     np.testing.assert_allclose(
         head.per_example_loss(np.array([0.0, 2.0, 5.0], np.float32), logits), expected, rtol=1e-6
     )
@@ -132,3 +132,25 @@ def test_a_count_task_refuses_another_link():
         "`tasks[visits].output_activation` must be exponential for poisson (the log link). "
         "Received: tasks[visits].output_activation='relu'"
     )
+
+
+def test_uncertainty_leaves_out_the_term_of_a_task_without_labels_in_the_batch():
+    heads = [Head(TaskConfig(name="a", label="a")), Head(TaskConfig(name="b", label="b"))]
+    labels = {"a": tf.constant([1.0, 2.0]), "b": tf.constant([0.0, 0.0])}
+    logits = {"a": tf.constant([0.0, 0.0]), "b": tf.constant([3.0, 3.0])}
+    weights = {"a": tf.constant([1.0, 1.0]), "b": tf.constant([0.0, 0.0])}  # b: no label in this batch
+    uncertainty = UncertaintyWeights(["a", "b"])
+    uncertainty.build()
+    uncertainty.log_variances["a"].assign(0.3)
+    uncertainty.log_variances["b"].assign(0.7)
+    total, _ = total_loss(heads, labels, weights, logits, uncertainty)
+    # a: mse (1 + 4) / 2 = 2.5, weighted exp(-0.3), plus 0.3; b: nothing, not even its 0.7
+    assert float(total) == pytest.approx(np.exp(-0.3) * 2.5 + 0.3, rel=1e-6)
+
+
+def test_the_poisson_loss_is_never_negative():
+    head = Head(COUNT)
+    counts = np.arange(0.0, 40.0, dtype=np.float32)
+    for rate in (0.5, 5.0, 30.0):  # the best fit, log(rate), for large counts is where log(y!) matters
+        losses = head.per_example_loss(counts, np.full(40, np.log(rate), np.float32))
+        assert float(tf.reduce_min(losses)) >= 0.0

@@ -144,7 +144,8 @@ def total_loss(
             weight_sum = context.all_reduce(tf.distribute.ReduceOp.SUM, weight_sum)
         task_loss = tf.math.divide_no_nan(tf.reduce_sum(task_weights * per_example), weight_sum)
         per_task[head.name] = task_loss
-        labelled[head.name] = tf.cast(weight_sum > 0, per_example.dtype)
+        if uncertainty is not None:
+            labelled[head.name] = tf.cast(weight_sum > 0, per_example.dtype)
         total += head.weight * task_loss
     if uncertainty is not None:
         total = uncertainty(

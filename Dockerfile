@@ -2,6 +2,7 @@
 FROM python:3.11-slim
 WORKDIR /app
 COPY pyproject.toml requirements.lock README.md ./
+COPY mtl mtl
 COPY pipeline pipeline
 COPY serving serving
 RUN pip install --no-cache-dir -c requirements.lock .

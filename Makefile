@@ -17,7 +17,7 @@ demo: $(BIN)/.installed
 	$(BIN)/mtl demo --model=mmoe --model_dir=$(DEMO_DIR)
 
 test: $(BIN)/.installed
-	$(BIN)/ruff check pipeline serving tests benchmarks
+	$(BIN)/ruff check mtl pipeline serving tests benchmarks
 	$(BIN)/pytest -n 2 -q
 
 test-slow: $(BIN)/.installed

@@ -112,7 +112,7 @@ def in_process_call(version_dir: Path, row: np.ndarray) -> Callable[[], Any]:
 
 
 def serve_command(export_base: Path, batching: bool) -> list[str]:
-    command = [sys.executable, "-m", "pipeline", "serve", f"--model_name={MODEL}",
+    command = [sys.executable, "-m", "mtl", "serve", f"--model_name={MODEL}",
                f"--model_base_path={export_base}", "--port=0", "--rest_api_port=0"]  # fmt: skip
     if batching:
         command += ["--enable_batching", f"--batching_parameters_file={FLAGS.batching_parameters_file}"]

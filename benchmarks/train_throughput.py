@@ -150,7 +150,7 @@ def census_ours(in_memory_max_mb: int, steps: int) -> dict:
     """`mtl train` on census: the median of its progress reports' rates after the first two, and peak RSS."""
     with tempfile.TemporaryDirectory() as model_dir:
         data_dir = Path(FLAGS.shared) / "data" / "census-income"
-        command = [sys.executable, "-m", "pipeline", "train", "--data=census", f"--data_dir={data_dir}"]
+        command = [sys.executable, "-m", "mtl", "train", "--data=census", f"--data_dir={data_dir}"]
         command += ["--model=mmoe", f"--model_dir={model_dir}", "--batch_size=1024", f"--max_steps={steps}"]
         command += [f"--in_memory_max_mb={in_memory_max_mb}", f"--log_every_steps={steps // 10}"]
         command += [f"--save_checkpoints_steps={steps // 2}"]

@@ -1,6 +1,6 @@
 """Frozen, validated configuration: what the CLI builds from flags and what `model_dir` remembers.
 
-Flags are read only in `pipeline.cli`; everything else takes these objects. `ExperimentConfig` is saved as
+Flags are read only in the CLI (`mtl`); everything else takes these objects. `ExperimentConfig` is saved as
 `model_dir/config.json` so later stages (evaluate, export, resumed training) need no repeated model flags.
 """
 

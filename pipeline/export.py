@@ -25,21 +25,13 @@ from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 from pipeline.errors import ExportError
 from pipeline.features import feature_spec, feature_specs
 from pipeline.models import MultiTaskModel
+from serving.layout import WARMUP_FILE, versions
 
 SIGNATURE = "serving_default"
 GATES_SIGNATURE = "gates"
-WARMUP_FILE = Path("assets.extra") / "tf_serving_warmup_requests"
 _WARMUP_BATCH_SIZES = (1, 4, 32)
 _CHECK_BATCH_SIZE = 16
 _RTOL, _ATOL = 1e-5, 1e-6
-
-
-def versions(export_base: str | os.PathLike) -> list[int]:
-    """The integer versions present under `export_base`, oldest first."""
-    base = Path(export_base)
-    if not base.is_dir():
-        return []
-    return sorted(int(p.name) for p in base.iterdir() if p.name.isdigit() and p.is_dir())
 
 
 def _check_export_base(export_base: str | os.PathLike) -> Path:

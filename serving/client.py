@@ -23,7 +23,8 @@ import tensorflow as tf
 from tensorflow.core.framework import types_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2, prediction_service_pb2_grpc
 
-MAX_GRPC_MESSAGE_BYTES = 2**31 - 1  # raise gRPC's 4 MiB default: batches of many rows are large
+from serving.layout import MAX_GRPC_MESSAGE_BYTES
+
 _T = TypeVar("_T")
 
 

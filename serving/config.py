@@ -12,8 +12,8 @@ from pathlib import Path
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
-from pipeline.errors import ConfigError
 from serving.config_protos import BatchingParameters, MonitoringConfig
+from serving.errors import ServingConfigError
 
 DEFAULT_METRICS_PATH = "/monitoring/prometheus/metrics"
 
@@ -46,9 +46,11 @@ def _parse_text_proto(path: Path, message):
     try:
         return text_format.Parse(path.read_text(), message)
     except FileNotFoundError:
-        raise ConfigError(f"{path} does not exist.") from None
+        raise ServingConfigError(f"{path} does not exist.") from None
     except text_format.ParseError as error:
-        raise ConfigError(f"{path} is not a valid {message.DESCRIPTOR.name} text proto: {error}") from None
+        raise ServingConfigError(
+            f"{path} is not a valid {message.DESCRIPTOR.name} text proto: {error}"
+        ) from None
 
 
 def read_model_config_file(path: str | Path) -> list[ModelSource]:
@@ -56,11 +58,11 @@ def read_model_config_file(path: str | Path) -> list[ModelSource]:
     path = Path(path)
     config = _parse_text_proto(path, model_server_config_pb2.ModelServerConfig())
     if not config.HasField("model_config_list"):
-        raise ConfigError(f"{path} has no model_config_list.")
+        raise ServingConfigError(f"{path} has no model_config_list.")
     sources = []
     for model in config.model_config_list.config:
         if model.model_platform not in ("", "tensorflow"):
-            raise ConfigError(f"{path}: model {model.name!r} has platform {model.model_platform!r}.")
+            raise ServingConfigError(f"{path}: model {model.name!r} has platform {model.model_platform!r}.")
         base_path = Path(model.base_path)
         if not base_path.is_absolute():
             base_path = path.parent / base_path
@@ -87,15 +89,15 @@ def single_model(name: str, base_path: str | Path) -> list[ModelSource]:
 
 def _check_sources(sources: list[ModelSource], origin: str) -> None:
     if not sources:
-        raise ConfigError(f"{origin} names no model.")
+        raise ServingConfigError(f"{origin} names no model.")
     names = [s.name for s in sources]
     for source in sources:
         if not source.name:
-            raise ConfigError(f"{origin}: a model has no name.")
+            raise ServingConfigError(f"{origin}: a model has no name.")
         if names.count(source.name) > 1:
-            raise ConfigError(f"{origin}: model {source.name!r} is configured twice.")
+            raise ServingConfigError(f"{origin}: model {source.name!r} is configured twice.")
         if source.base_path.exists() and not source.base_path.is_dir():
-            raise ConfigError(f"{origin}: base path {source.base_path} of {source.name!r} is a file.")
+            raise ServingConfigError(f"{origin}: base path {source.base_path} of {source.name!r} is a file.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,7 +122,7 @@ def read_batching_parameters(path: str | Path) -> BatchingOptions:
         allowed_batch_sizes=tuple(params.allowed_batch_sizes),
     )
     if options.allowed_batch_sizes and options.allowed_batch_sizes[-1] != options.max_batch_size:
-        raise ConfigError(f"{path}: the last allowed_batch_sizes entry must equal max_batch_size.")
+        raise ServingConfigError(f"{path}: the last allowed_batch_sizes entry must equal max_batch_size.")
     return options
 
 

@@ -1,4 +1,5 @@
-"""Errors the server answers with: a gRPC status code and TF Serving's message."""
+"""Errors of serving: what the server answers a request with (a gRPC status code and TF Serving's message),
+and the mistakes of whoever configures the server or feeds the client, which are theirs to fix."""
 
 from __future__ import annotations
 
@@ -42,3 +43,7 @@ def invalid_argument(message: str) -> ServingError:
 
 def not_found(message: str) -> ServingError:
     return ServingError(grpc.StatusCode.NOT_FOUND, message)
+
+
+class ServingConfigError(ValueError):
+    """A server configuration (model config file, batching parameters, model sources) that cannot be used."""

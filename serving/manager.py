@@ -11,15 +11,14 @@ import dataclasses
 import threading
 import time
 from collections.abc import Iterable
-from pathlib import Path
 
 import tensorflow as tf
 from absl import logging
 from tensorflow_serving.apis import prediction_log_pb2
 
-from pipeline.export import WARMUP_FILE
 from serving.config import BatchingOptions, ModelSource
 from serving.errors import invalid_argument, not_found
+from serving.layout import WARMUP_FILE, versions
 from serving.servable import Servable
 
 MAX_WARMUP_RECORDS = 1000
@@ -33,12 +32,6 @@ class VersionStatus:
     state: str  # LOADING, AVAILABLE, UNLOADING or END, as TF Serving's ModelVersionStatus.State
     error_code: str = "OK"
     error_message: str = ""
-
-
-def versions_on_disk(base_path: Path) -> list[int]:
-    if not base_path.is_dir():
-        return []
-    return sorted(int(p.name) for p in base_path.iterdir() if p.name.isdigit() and p.is_dir())
 
 
 def _warm_up(servable: Servable) -> int:
@@ -120,7 +113,7 @@ class ModelManager:
         """Loads the versions each policy wants, then unloads the rest (load before unload)."""
         with self._refresh_lock:
             for name, source in self._sources.items():
-                on_disk = versions_on_disk(source.base_path)
+                on_disk = versions(source.base_path)
                 loaded = dict(self._servables[name])
                 for version in source.wanted(self._loadable(name, on_disk)):
                     if version not in loaded:
@@ -162,8 +155,8 @@ class ModelManager:
     def close(self) -> None:
         """Stops polling and the loaded versions' batch threads (after their queued requests)."""
         self.stop()
-        for versions in self._servables.values():
-            for servable in versions.values():
+        for by_version in self._servables.values():
+            for servable in by_version.values():
                 servable.close()
 
     # -- lookups ----------------------------------------------------------------------------------

@@ -10,10 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.errors import UserError
 
-
-class RowsError(UserError):
+class RowsError(ValueError):
     """An input file that cannot become a batch: unreadable, or a row missing or mistyping an input."""
 
 
@@ -21,7 +19,7 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
     """`.jsonl`: one JSON object per line; `.csv`: a header naming the inputs, one row per line."""
     path = Path(path)
     if not path.is_file():
-        raise RowsError(f"--input={path} does not exist.")
+        raise RowsError(f"{path} does not exist.")
     if path.suffix == ".csv":
         with path.open(newline="") as f:
             return list(csv.DictReader(f))

@@ -20,11 +20,10 @@ from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_p
 
 from serving.config import DEFAULT_METRICS_PATH, BatchingOptions, ModelSource
 from serving.grpc_service import ModelService, PredictionService
+from serving.layout import MAX_GRPC_MESSAGE_BYTES
 from serving.manager import ModelManager
 from serving.metrics import ServingMetrics
 from serving.rest import RestFrontend
-
-MAX_GRPC_MESSAGE_BYTES = 2**31 - 1  # TF Serving accepts messages up to INT32_MAX
 
 
 @dataclasses.dataclass(frozen=True)

@@ -25,14 +25,14 @@ def _env(tf_config: str = "") -> dict[str, str]:
 def mtl(*args: str) -> subprocess.CompletedProcess:
     """Runs `mtl ARGS` to completion."""
     return subprocess.run(
-        [sys.executable, "-m", "pipeline", *args], capture_output=True, text=True, timeout=300, env=_env()
+        [sys.executable, "-m", "mtl", *args], capture_output=True, text=True, timeout=300, env=_env()
     )
 
 
 def mtl_process(*args: str, tf_config: str) -> subprocess.Popen:
     """Starts `mtl ARGS` as one task of a cluster described by `tf_config`."""
     return subprocess.Popen(
-        [sys.executable, "-m", "pipeline", *args],
+        [sys.executable, "-m", "mtl", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

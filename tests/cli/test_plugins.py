@@ -30,7 +30,7 @@ def _mtl(python_path: Path | None, *args: str) -> subprocess.CompletedProcess:
     if python_path is not None:
         env["PYTHONPATH"] = os.pathsep.join([str(python_path), env.get("PYTHONPATH", "")])
     return subprocess.run(
-        [sys.executable, "-m", "pipeline", *args], capture_output=True, text=True, timeout=300, env=env
+        [sys.executable, "-m", "mtl", *args], capture_output=True, text=True, timeout=300, env=env
     )
 
 

@@ -52,7 +52,7 @@ def mtl_in(cwd: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     env.pop("TF_CONFIG", None)
     return subprocess.run(
-        [sys.executable, "-m", "pipeline", *args],
+        [sys.executable, "-m", "mtl", *args],
         capture_output=True,
         text=True,
         timeout=300,

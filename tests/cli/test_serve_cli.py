@@ -26,7 +26,7 @@ def served(trained_dir, tmp_path_factory):
         [
             sys.executable,
             "-m",
-            "pipeline",
+            "mtl",
             "serve",
             "--model_name=omoe",
             f"--model_base_path={export_base}",

@@ -23,7 +23,7 @@ from tests.cli.test_real_data_cli import SCHEMA, SMALL_MODEL, write_table
 
 def _start(*args: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "pipeline", *args],
+        [sys.executable, "-m", "mtl", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -277,7 +277,7 @@ def _mtl_with_default_logging(*args: str) -> subprocess.CompletedProcess:
     env = _env()
     env.pop("TF_CPP_MIN_LOG_LEVEL")
     return subprocess.run(
-        [sys.executable, "-m", "pipeline", *args], capture_output=True, text=True, timeout=300, env=env
+        [sys.executable, "-m", "mtl", *args], capture_output=True, text=True, timeout=300, env=env
     )
 
 
@@ -293,9 +293,9 @@ def test_help_lists_the_mtl_flags_by_group_without_start_up_lines():
     shown = _mtl_with_default_logging("--help")
     assert shown.returncode == 0 and shown.stderr == "", shown.stderr
     assert shown.stdout.startswith("`mtl STAGE --flags`: the pipeline's stages")
-    from pipeline.cli import flags as cli_flags
+    from mtl import flags as cli_flags
 
-    ours = cli_flags.FLAGS.flags_by_module_dict()["pipeline.cli.flags"]
+    ours = cli_flags.FLAGS.flags_by_module_dict()["mtl.flags"]
     grouped = [name for _, _, names in cli_flags.HELP_GROUPS for name in names]
     assert sorted(grouped) == sorted(flag.name for flag in ours)  # every flag, once
     text = " ".join(shown.stdout.split())

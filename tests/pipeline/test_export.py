@@ -6,6 +6,7 @@ from tensorflow_serving.apis import prediction_log_pb2
 from pipeline import data, export
 from pipeline.errors import ExportError
 from pipeline.estimator import Estimator
+from serving import layout
 from tests.conftest import small_experiment
 
 
@@ -42,13 +43,13 @@ def test_versions_increase_and_old_ones_are_pruned(trained, tmp_path):
     first = trained.export(base)
     assert first.name == "10000000000"
     second = trained.export(base, exports_to_keep=2)
-    assert export.versions(base) == [int(first.name), int(second.name)]
+    assert layout.versions(base) == [int(first.name), int(second.name)]
     assert not [p for p in base.iterdir() if p.name.startswith(".tmp")]
 
 
 def test_warmup_requests_match_the_signature(trained, tmp_path):
     path = trained.export(tmp_path)
-    records = list(tf.data.TFRecordDataset(str(path / export.WARMUP_FILE)))
+    records = list(tf.data.TFRecordDataset(str(path / layout.WARMUP_FILE)))
     signatures = []
     for record in records:
         log = prediction_log_pb2.PredictionLog.FromString(record.numpy())
@@ -88,7 +89,7 @@ def test_the_check_catches_an_export_that_differs(trained, tmp_path, monkeypatch
             trained.export(tmp_path / "export")
     finally:
         trained.model.towers[0].logit.bias.assign_add([-1.0])
-    assert export.versions(tmp_path / "export") == []
+    assert layout.versions(tmp_path / "export") == []
 
 
 @pytest.mark.parametrize("architecture", ["ple", "single_task"])

@@ -13,8 +13,8 @@ from compose_spec import PyCompose
 
 from pipeline.config import SyntheticDataConfig
 from pipeline.data import synthetic
-from pipeline.errors import ConfigError
 from serving.config import read_batching_parameters, read_model_config_file, read_monitoring_config
+from serving.errors import ServingConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_TEXT = (ROOT / "docker-compose.yml").read_text()
@@ -82,15 +82,15 @@ def test_every_config_file_parses_as_tf_serving_parses_it(compose):
 def test_config_parsing_rejects_what_tf_serving_rejects(tmp_path):
     bad = tmp_path / "batching.config"
     bad.write_text("max_batch_sizes { value: 8 }\n")
-    with pytest.raises(ConfigError, match='has no field named "max_batch_sizes"'):
+    with pytest.raises(ServingConfigError, match='has no field named "max_batch_sizes"'):
         read_batching_parameters(bad)
     mismatch = tmp_path / "sizes.config"
     mismatch.write_text("max_batch_size { value: 64 }\nallowed_batch_sizes: 8\nallowed_batch_sizes: 32\n")
-    with pytest.raises(ConfigError, match="last allowed_batch_sizes entry must equal max_batch_size"):
+    with pytest.raises(ServingConfigError, match="last allowed_batch_sizes entry must equal max_batch_size"):
         read_batching_parameters(mismatch)
     models = tmp_path / "models.config"
     models.write_text('model_config_list { config { name: "a" base_path: "/m" model_platform: "pytorch" } }')
-    with pytest.raises(ConfigError, match="has platform 'pytorch'"):
+    with pytest.raises(ServingConfigError, match="has platform 'pytorch'"):
         read_model_config_file(models)
 
 

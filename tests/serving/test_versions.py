@@ -11,7 +11,8 @@ from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
 from serving.client import PredictionError, connect
 from serving.config import single_model
-from serving.manager import WARMUP_FILE, ModelManager, _warm_up
+from serving.layout import WARMUP_FILE
+from serving.manager import ModelManager, _warm_up
 from serving.servable import Servable
 from serving.server import ModelServer, ServerOptions
 

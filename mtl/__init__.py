@@ -1,5 +1,5 @@
 """The `mtl` command line: flags (`flags.py`) and stages (`main.py`)."""
 
-from pipeline.cli.main import main, run
+from mtl.main import main, run
 
 __all__ = ["main", "run"]

@@ -36,15 +36,16 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, logging  # noqa: E402
 
+from mtl import flags as cli_flags  # noqa: E402
 from pipeline import data, distribute, experts_report  # noqa: E402
 from pipeline import model_dir as model_dir_files  # noqa: E402
-from pipeline.cli import flags as cli_flags  # noqa: E402
 from pipeline.data import tabular  # noqa: E402
 from pipeline.errors import ConfigError, TrainingStopped, UserError  # noqa: E402
 from pipeline.estimator import Estimator  # noqa: E402
 from serving import config as serving_config  # noqa: E402
 from serving import rows  # noqa: E402
 from serving.client import PredictionError, connect  # noqa: E402
+from serving.errors import ServingConfigError  # noqa: E402
 from serving.server import ModelServer  # noqa: E402
 
 FLAGS = cli_flags.FLAGS
@@ -385,7 +386,7 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"Unexpected arguments: {' '.join(extra)}. {_usage()}")
     try:
         STAGES[stage]()
-    except UserError as error:
+    except (UserError, ServingConfigError, rows.RowsError) as error:
         logging.flush()
         print(f"mtl {stage}: error: {error}", file=sys.stderr)
         sys.exit(2)

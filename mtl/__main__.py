@@ -1,0 +1,5 @@
+"""`python -m mtl STAGE ...` is the same as `mtl STAGE ...`."""
+
+from mtl import run
+
+run()

@@ -19,9 +19,7 @@ from absl import flags
 from pipeline import data, warm_start
 from pipeline import model_dir as model_dir_files
 from pipeline.config import (
-    LEARNING_RATE_SCHEDULES,
     LOSS_WEIGHTINGS,
-    LOSSES_BY_TYPE,
     METRIC_MODES,
     DataConfig,
     ExperimentConfig,
@@ -31,10 +29,12 @@ from pipeline.config import (
     TaskConfig,
     TrainConfig,
 )
-from pipeline.data import census, tabular
+from pipeline.data import census, synthetic, tabular
 from pipeline.distribute import STRATEGIES
 from pipeline.errors import ConfigError
 from pipeline.models import sizing
+from pipeline.optimizers import OPTIMIZERS, SCHEDULES
+from pipeline.task_types import TASK_TYPES
 from serving import config as serving_config
 from serving.server import ServerOptions
 
@@ -116,13 +116,27 @@ flags.DEFINE_multi_string(
     "later stages import it too.",
 )
 flags.DEFINE_list(
-    "task_labels", [], "Label column of each task (default: the data's default tasks; synthetic: y1,y2)."
+    "task_labels",
+    [],
+    "Label column of each task (default: the data's default tasks; synthetic: y1,y2, or for --model=esmm "
+    "the click-then-conversion funnel).",
 )
 flags.DEFINE_list(
-    "task_types", [], "binary, regression or count, one per task (default: implied by the loss)."
+    "task_types",
+    [],
+    f"{', '.join(TASK_TYPES)}, one per task (default: implied by the loss, else the label's own type).",
 )
 flags.DEFINE_list(
-    "task_losses", [], "log_loss, mse, huber or poisson, one per task (default: implied by the type)."
+    "task_losses",
+    [],
+    f"{', '.join(loss for t in TASK_TYPES.values() for loss in t.losses)}, one per task (default: implied "
+    "by the type).",
+)
+flags.DEFINE_list(
+    "task_after",
+    [],
+    "For a funnel (ESMM): the task each task's event follows, or empty, one per task (e.g. ,click: the "
+    "second task converts after the first's click).",
 )
 flags.DEFINE_list("task_weights", [], "Loss weight of each task (default: 1 each).")
 
@@ -155,7 +169,7 @@ flags.DEFINE_integer("synthetic_seed", _SYNTHETIC.seed, "Seed of the synthetic t
 _TRAIN = TrainConfig()
 flags.DEFINE_integer("batch_size", _TRAIN.batch_size, "Global batch size.")
 flags.DEFINE_float("learning_rate", _TRAIN.learning_rate, "Learning rate.")
-flags.DEFINE_string("optimizer", _TRAIN.optimizer, "adam, adagrad, sgd or rmsprop.")
+flags.DEFINE_string("optimizer", _TRAIN.optimizer, f"{', '.join(OPTIMIZERS)}.")
 flags.DEFINE_integer("seed", _TRAIN.seed, "Seed of initialisation, dropout and shuffling.")
 flags.DEFINE_integer("save_checkpoints_steps", _TRAIN.save_checkpoints_steps, "Steps between checkpoints.")
 flags.DEFINE_integer("keep_checkpoint_max", _TRAIN.keep_checkpoint_max, "Checkpoints to keep.")
@@ -174,8 +188,8 @@ flags.DEFINE_integer(
 flags.DEFINE_enum(
     "learning_rate_schedule",
     _TRAIN.learning_rate_schedule,
-    LEARNING_RATE_SCHEDULES,
-    "How the learning rate moves: constant, exponential, cosine or piecewise.",
+    list(SCHEDULES),
+    f"How the learning rate moves: {', '.join(SCHEDULES)}.",
 )
 flags.DEFINE_integer(
     "warmup_steps", _TRAIN.warmup_steps, "Steps of linear warm-up to the schedule's first rate."
@@ -297,6 +311,8 @@ def _per_task(flag: str, values: list[str], labels: list[str]) -> list[str]:
 def _tasks(data_config: DataConfig) -> tuple[TaskConfig, ...]:
     if data_config.source != "synthetic":
         return _schema_tasks(data_config)
+    if FLAGS.model == "esmm" and not FLAGS.task_labels:
+        return _funnel_tasks()
     available = data.label_columns(data_config)
     labels = FLAGS.task_labels or list(data.default_task_labels(data_config))
     for label in labels:
@@ -307,28 +323,56 @@ def _tasks(data_config: DataConfig) -> tuple[TaskConfig, ...]:
             )
     types = _per_task("task_types", FLAGS.task_types, labels)
     losses = _per_task("task_losses", FLAGS.task_losses, labels)
-    weights = _per_task("task_weights", FLAGS.task_weights, labels)
+    weights = _task_weights(labels)
+    afters = _per_task("task_after", FLAGS.task_after, labels)
     tasks = []
-    for label, task_type, loss, weight in zip(labels, types, losses, weights, strict=True):
-        task_type = task_type or {"log_loss": "binary", "poisson": "count"}.get(loss, "regression")
-        if task_type == "count" and not label.endswith("_binary"):
+    for label, task_type, loss, weight, after in zip(labels, types, losses, weights, afters, strict=True):
+        implied = [name for name, kind in TASK_TYPES.items() if loss in kind.losses]
+        task_type = task_type or (implied[0] if implied else synthetic.LABEL_TYPES[label])
+        whole_numbers = [name for name, kind in synthetic.LABEL_TYPES.items() if kind == "binary"]
+        if task_type == "count" and label not in whole_numbers:
             raise ConfigError(
                 f"--task_types: {label!r} is a real number, not a count; of the synthetic labels only "
-                "y1_binary and y2_binary are whole numbers >= 0."
+                f"{', '.join(whole_numbers)} are whole numbers >= 0."
             )
-        loss = loss or LOSSES_BY_TYPE.get(task_type, ("",))[0]
-        try:
-            weight_value = float(weight) if weight else 1.0
-        except ValueError:
+        if task_type == "multiclass":
             raise ConfigError(
-                f"`task_weights` must be numbers. Received: task_weights={','.join(FLAGS.task_weights)}"
-            ) from None
-        tasks.append(TaskConfig(name=label, label=label, type=task_type, loss=loss, weight=weight_value))
+                "--task_types: the synthetic labels have no classes; multiclass tasks come from a table's "
+                "schema."
+            )
+        tasks.append(
+            TaskConfig(name=label, label=label, type=task_type, loss=loss, weight=weight, after=after)
+        )
     return tuple(tasks)
 
 
+def _task_weights(labels: list[str]) -> list[float]:
+    weights = _per_task("task_weights", FLAGS.task_weights, labels)
+    try:
+        return [float(weight) if weight else 1.0 for weight in weights]
+    except ValueError:
+        raise ConfigError(
+            f"`task_weights` must be numbers. Received: task_weights={','.join(FLAGS.task_weights)}"
+        ) from None
+
+
+def _funnel_tasks() -> tuple[TaskConfig, ...]:
+    """ESMM's tasks on the synthetic funnel: `ctr` on clicks, `ctcvr` on conversions after them."""
+    for flag in ("task_types", "task_losses", "task_after"):
+        if FLAGS[flag].value:
+            raise ConfigError(
+                f"--{flag}: --model=esmm trains the synthetic funnel's tasks as they are; name "
+                "--task_labels to choose others."
+            )
+    weights = _task_weights([task.name for task in synthetic.FUNNEL_TASKS])
+    return tuple(
+        dataclasses.replace(task, weight=weight)
+        for task, weight in zip(synthetic.FUNNEL_TASKS, weights, strict=True)
+    )
+
+
 def _schema_tasks(data_config: DataConfig) -> tuple[TaskConfig, ...]:
-    for flag in ("task_types", "task_losses", "task_weights"):
+    for flag in ("task_types", "task_losses", "task_weights", "task_after"):
         if FLAGS[flag].value:
             raise ConfigError(f"--{flag}: with --data={data_config.source} the tasks are set in the schema.")
     tasks = data.tasks(data_config)
@@ -467,6 +511,7 @@ _FIXED_FLAGS: dict[str, Callable[[ExperimentConfig], Any]] = {
     "task_types": lambda c: [t.type for t in c.model.tasks],
     "task_losses": lambda c: [t.loss for t in c.model.tasks],
     "task_weights": lambda c: [t.weight for t in c.model.tasks],
+    "task_after": lambda c: [t.after for t in c.model.tasks],
     "data": lambda c: c.data.source,
     "synthetic_examples": lambda c: c.data.synthetic.num_examples,
     "synthetic_eval_examples": lambda c: c.data.synthetic.eval_examples,
@@ -633,6 +678,7 @@ HELP_GROUPS: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
             "task_types",
             "task_losses",
             "task_weights",
+            "task_after",
             "loss_weighting",
             "param_budget",
         ),

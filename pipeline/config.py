@@ -21,22 +21,13 @@ from pipeline.checks import (
     invalid,
 )
 from pipeline.errors import ConfigError
+from pipeline.optimizers import OPTIMIZERS, SCHEDULES
+from pipeline.task_types import TASK_TYPES
 
-TASK_TYPES = ("binary", "regression", "count")
-LOSSES_BY_TYPE = {"binary": ("log_loss",), "regression": ("mse", "huber"), "count": ("poisson",)}
-METRICS_BY_TYPE = {
-    "binary": ("auc", "log_loss"),
-    "regression": ("rmse", "mae"),
-    "count": ("poisson_deviance", "mae"),
-}
-_DEFAULT_ACTIVATIONS = {"binary": "sigmoid", "regression": "linear", "count": "exponential"}
-OUTPUT_ACTIVATIONS = ("sigmoid", "linear", "relu", "softplus", "exponential")
 HIDDEN_ACTIVATIONS = ("relu", "gelu", "silu", "tanh", "elu", "selu", "sigmoid", "linear")
-OPTIMIZERS = ("adam", "adagrad", "sgd", "rmsprop")
 FEATURE_KINDS = ("numeric", "categorical", "hashed")
 TABULAR_FORMATS = ("csv", "tfrecord", "parquet")
 SPLITS = ("train", "eval", "test")
-LEARNING_RATE_SCHEDULES = ("constant", "exponential", "cosine", "piecewise")
 METRIC_MODES = ("auto", "max", "min")
 LOSS_WEIGHTINGS = ("fixed", "uncertainty")
 
@@ -83,27 +74,52 @@ class FeatureConfig:
 class TaskConfig:
     """One task: which label column it learns and how (the seeds' `model_fn` spread this around).
 
-    `output_activation` and `metrics` default to what the task type implies: sigmoid with AUC and log-loss
-    for binary tasks, linear with RMSE and MAE for regression tasks, and for count tasks (clicks, purchases,
-    visits: whole numbers >= 0) the exponential, so the output is the expected count, with Poisson deviance
-    and MAE.
+    `loss`, `output_activation` and `metrics` default to what the task type implies (`pipeline.task_types`):
+    log-loss, sigmoid, AUC and log-loss for binary tasks; squared error, linear, RMSE and MAE for regression
+    tasks; for count tasks (clicks, purchases, visits: whole numbers >= 0) the Poisson loss and the
+    exponential, so the output is the expected count, with Poisson deviance and MAE; for multi-class tasks
+    (labels are class ids 0 to `num_classes - 1`) cross-entropy and the softmax, so the output is each
+    class's probability `[batch, num_classes]`, with accuracy and, with more than `top_k` classes, top-k
+    accuracy.
+
+    `after` makes the task a step of a funnel (ESMM, Ma et al., SIGIR 2018): a binary task whose event can
+    only follow the `after` task's (a conversion follows a click). Its tower learns the probability given the
+    earlier event, served as `conditional_output` (default `<name>_given_<after>`); the task's own output,
+    loss and metrics are those of the product, the probability of both, over every example.
     """
 
     name: str
     label: str
     type: str = "regression"
-    loss: str = "mse"
+    loss: str = ""
     weight: float = 1.0
     output_activation: str = ""
     metrics: tuple[str, ...] = ()
+    num_classes: int = 0
+    top_k: int = 5
+    after: str = ""
+    conditional_output: str = ""
 
     def __post_init__(self) -> None:
-        if self.type in TASK_TYPES:
+        task_type = TASK_TYPES.get(self.type)
+        if task_type is not None:
+            if not self.loss:
+                object.__setattr__(self, "loss", task_type.default_loss)
             if not self.output_activation:
-                object.__setattr__(self, "output_activation", _DEFAULT_ACTIVATIONS[self.type])
+                object.__setattr__(self, "output_activation", task_type.activation)
             if not self.metrics:
-                object.__setattr__(self, "metrics", METRICS_BY_TYPE[self.type])
+                defaults = task_type.default_metrics
+                if self.type == "multiclass" and self.num_classes <= self.top_k:
+                    defaults = tuple(m for m in defaults if m != "top_k_accuracy")  # would always be 1
+                object.__setattr__(self, "metrics", defaults)
+        if self.after and not self.conditional_output:
+            object.__setattr__(self, "conditional_output", f"{self.name}_given_{self.after}")
         object.__setattr__(self, "metrics", tuple(self.metrics))
+
+    @property
+    def output_units(self) -> int:
+        """Logits per example: one per class for a multi-class task, else one."""
+        return self.num_classes if self.type == "multiclass" else 1
 
     def validate(self) -> None:
         prefix = f"tasks[{self.name}]"
@@ -111,23 +127,30 @@ class TaskConfig:
             raise invalid("task.name", self.name, "must be a non-empty string")
         if not self.label:
             raise invalid(f"{prefix}.label", self.label, "must be a non-empty column name")
-        check_choice(f"{prefix}.type", self.type, TASK_TYPES)
-        check_choice(f"{prefix}.loss", self.loss, LOSSES_BY_TYPE[self.type])
+        task_type = TASK_TYPES[check_choice(f"{prefix}.type", self.type, tuple(TASK_TYPES))]
+        check_choice(f"{prefix}.loss", self.loss, tuple(task_type.losses))
         if not isinstance(self.weight, (int, float)) or not math.isfinite(self.weight) or self.weight < 0:
             raise invalid(f"{prefix}.weight", self.weight, "must be a finite number >= 0")
-        check_choice(f"{prefix}.output_activation", self.output_activation, OUTPUT_ACTIVATIONS)
-        if self.loss == "log_loss" and self.output_activation != "sigmoid":
-            raise invalid(
-                f"{prefix}.output_activation", self.output_activation, "must be sigmoid for log_loss"
-            )
-        if self.loss == "poisson" and self.output_activation != "exponential":
+        if self.output_activation not in task_type.activations:
             raise invalid(
                 f"{prefix}.output_activation",
                 self.output_activation,
-                "must be exponential for poisson (the log link)",
+                f"must be {' or '.join(task_type.activations)} for {self.type} tasks (the loss's link)",
             )
         for metric in self.metrics:
-            check_choice(f"{prefix}.metrics", metric, METRICS_BY_TYPE[self.type])
+            check_choice(f"{prefix}.metrics", metric, tuple(task_type.metrics))
+        if self.type == "multiclass":
+            if (
+                isinstance(self.num_classes, bool)
+                or not isinstance(self.num_classes, int)
+                or self.num_classes < 2
+            ):
+                raise invalid(f"{prefix}.num_classes", self.num_classes, "must be an integer >= 2")
+            check_positive_int(f"{prefix}.top_k", self.top_k)
+        elif self.num_classes:
+            raise invalid(f"{prefix}.num_classes", self.num_classes, "is for multiclass tasks only")
+        if self.after and self.type != "binary":
+            raise invalid(f"{prefix}.after", self.after, "is for binary tasks only (an event after another)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,6 +193,7 @@ class ModelConfig:
             task.validate()
         check_unique("features", [f.name for f in self.features])
         check_unique("tasks", [t.name for t in self.tasks])
+        self._validate_funnel()
         check_positive_int("num_experts", self.num_experts)
         check_positive_int("num_levels", self.num_levels)
         check_positive_int("num_task_experts", self.num_task_experts)
@@ -180,6 +204,31 @@ class ModelConfig:
         check_units("tower_units", self.tower_units, allow_empty=True)
         check_rate("dropout", self.dropout)
         check_choice("activation", self.activation, HIDDEN_ACTIVATIONS)
+
+    def _validate_funnel(self) -> None:
+        """A task `after` another follows it in the task order (so funnels have no cycles), the earlier one is
+        binary, and every served output has a name of its own."""
+        seen: dict[str, TaskConfig] = {}
+        for task in self.tasks:
+            if task.after:
+                earlier = seen.get(task.after)
+                if earlier is None:
+                    raise invalid(
+                        f"tasks[{task.name}].after",
+                        task.after,
+                        f"must name a task listed before it (tasks: {', '.join(t.name for t in self.tasks)})",
+                    )
+                if earlier.type != "binary":
+                    raise invalid(f"tasks[{task.name}].after", task.after, "must name a binary task")
+            seen[task.name] = task
+        check_unique(
+            "task outputs",
+            [t.name for t in self.tasks] + [t.conditional_output for t in self.tasks if t.after],
+        )
+
+    def funnel_tasks(self) -> tuple[TaskConfig, ...]:
+        """The tasks that follow another (see `TaskConfig.after`)."""
+        return tuple(task for task in self.tasks if task.after)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -333,7 +382,7 @@ class TrainConfig:
     def validate(self) -> None:
         check_positive_int("batch_size", self.batch_size)
         _check_positive_number("learning_rate", self.learning_rate)
-        check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        check_choice("optimizer", self.optimizer, tuple(OPTIMIZERS))
         check_positive_int("save_checkpoints_steps", self.save_checkpoints_steps)
         check_positive_int("keep_checkpoint_max", self.keep_checkpoint_max)
         check_positive_int("log_every_steps", self.log_every_steps)
@@ -346,9 +395,7 @@ class TrainConfig:
             raise invalid("early_stopping_min_delta", self.early_stopping_min_delta, "must be a number >= 0")
 
     def _validate_schedule(self) -> None:
-        schedule = check_choice(
-            "learning_rate_schedule", self.learning_rate_schedule, LEARNING_RATE_SCHEDULES
-        )
+        schedule = check_choice("learning_rate_schedule", self.learning_rate_schedule, tuple(SCHEDULES))
         _check_count("warmup_steps", self.warmup_steps)
         _check_count("decay_steps", self.decay_steps)
         if schedule == "exponential":
@@ -389,9 +436,17 @@ def _check_count(field: str, value: Any) -> None:
         raise invalid(field, value, "must be an integer >= 0")
 
 
+def conditional_task(task: TaskConfig) -> TaskConfig:
+    """What a funnel task's tower learns, as a task of its own: its event given the earlier one (ESMM's CVR),
+    named `conditional_output`. Evaluation reports it on the rows where the earlier event happened."""
+    return TaskConfig(name=task.conditional_output, label=task.label, type="binary")
+
+
 def metric_names(model: ModelConfig) -> tuple[str, ...]:
-    """What evaluation reports and early stopping can watch: `loss` and `<task>/<metric>`."""
-    return ("loss", *(f"{task.name}/{name}" for task in model.tasks for name in ("loss", *task.metrics)))
+    """What evaluation reports and early stopping can watch: `loss` and `<task>/<metric>`, also for the
+    conditional outputs of funnel tasks."""
+    tasks = (*model.tasks, *map(conditional_task, model.funnel_tasks()))
+    return ("loss", *(f"{task.name}/{name}" for task in tasks for name in ("loss", *task.metrics)))
 
 
 @dataclasses.dataclass(frozen=True)

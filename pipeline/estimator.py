@@ -115,7 +115,10 @@ class Estimator:
                 logging.info("%s", line)
         self._train_steps_fn: Callable | None = None
         self._eval_batch_fn: Callable | None = None
-        self._eval_metrics = {head.name: head.create_metrics() for head in self.model.heads}
+        self._eval_metrics = {
+            head.name: head.create_metrics()
+            for head in (*self.model.heads, *self.model.conditional_heads.values())
+        }
         self._stop_reason: str | None = None
         # The schedule of the run being trained: one that decays over the run needs its max_steps.
         self._schedule_steps: int | None = None
@@ -196,12 +199,12 @@ class Estimator:
 
     def _build_train_steps(self) -> Callable:
         model, optimizer, strategy, schedule = self.model, self.optimizer, self.strategy, self.schedule
-        task_heads = model.heads
+        task_heads, task_loss = model.heads, model.task_loss
 
         def step_fn(features: dict, labels: dict, weights: dict) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
             with tf.GradientTape() as tape:
                 logits = model.task_logits(features, training=True)
-                loss, task_losses = heads.total_loss(task_heads, labels, weights, logits, model.loss_weights)
+                loss, task_losses = task_loss(labels, weights, logits)
             gradients = tape.gradient(loss, model.trainable_variables)
             optimizer.apply_gradients(zip(gradients, model.trainable_variables, strict=True))
             return loss, task_losses
@@ -314,7 +317,7 @@ class Estimator:
             step = self.step
             if step % train_config.log_every_steps == 0 or step == until:
                 task_values = {name: float(value) for name, value in task_losses.items()}
-                loss_weights = self.model.loss_weights.weights_now() if self.model.loss_weights else {}
+                loss_weights = self.model.task_loss.weights_now()
                 progress.report(step, float(total), task_values, self.learning_rate, loss_weights)
                 result = {
                     "global_step": step,
@@ -334,18 +337,29 @@ class Estimator:
         model, strategy, metrics = self.model, self.strategy, self._eval_metrics
 
         def logits_fn(features: dict) -> dict:
-            return model.task_logits(features, training=False)
+            return model.tower_logits(features, training=False)
 
         def gather(values: dict) -> dict:
             return {name: strategy.gather(value, axis=0) for name, value in values.items()}
 
         @tf.function(reduce_retracing=True)
         def eval_batch(features: Any, labels: Any, weights: Any) -> tf.Tensor:
-            logits = gather(strategy.run(logits_fn, args=(features,)))
+            towers = gather(strategy.run(logits_fn, args=(features,)))
             labels, weights = gather(labels), gather(weights)
+            logits = model.task_logits_from_towers(towers)
             for head in model.heads:
                 head.update_metrics(
                     metrics[head.name], labels[head.label], logits[head.name], weights[head.label]
+                )
+            for task in model.config.funnel_tasks():
+                # The event given the earlier one, on the rows where the earlier one happened.
+                earlier = next(t for t in model.config.tasks if t.name == task.after)
+                happened = tf.cast(labels[earlier.label] > 0, tf.float32) * tf.cast(
+                    weights[earlier.label] > 0, tf.float32
+                )
+                head = model.conditional_heads[task.name]
+                head.update_metrics(
+                    metrics[head.name], labels[task.label], towers[task.name], weights[task.label] * happened
                 )
             return tf.shape(next(iter(labels.values())))[0]
 
@@ -399,7 +413,7 @@ class Estimator:
             "split": split,
             "files": list(files),
             "examples": examples,
-            "loss": sum(head.weight * tasks[head.name]["loss"] for head in self.model.heads),
+            "loss": self.model.task_loss.combine({name: values["loss"] for name, values in tasks.items()}),
             "tasks": tasks,
         }
         logging.info(

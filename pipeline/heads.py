@@ -1,7 +1,8 @@
-"""Per-task heads: output activation, loss and metrics of one task, and the weighted total loss.
+"""Per-task heads (output activation, loss and metrics of one task) and `TaskLoss`, the one place where the
+task losses are combined, for training and evaluation alike.
 
 A head knows nothing about the architecture; it turns a task's logits and labels into predictions, a loss and
-metric updates. `total_loss` is the only place the task losses are combined.
+metric updates.
 
 Every example carries a weight per task: its sample weight, and 0 where the task's label is missing, so an
 unlabelled row adds nothing to that task's loss or metrics while it still trains the other tasks. A task's
@@ -20,41 +21,13 @@ import tensorflow as tf
 
 from pipeline.config import TaskConfig
 from pipeline.layers.uncertainty_weights import UncertaintyWeights
+from pipeline.task_types import TASK_TYPES
 
 EXAMPLES = "examples"  # the metric counting a task's labelled examples
-_REGRESSION_LOSSES = {
-    "mse": keras.losses.mean_squared_error,
-    "huber": keras.losses.huber,  # delta 1.0
-}
-
-
-@keras.saving.register_keras_serializable(package="mtl")
-class PoissonDeviance(keras.metrics.Mean):
-    """Mean Poisson deviance `2 (y log(y / mu) - (y - mu))` of counts `y` around expected counts `mu`: 0 for a
-    perfect fit, and for counts what the squared error is for Gaussian targets."""
-
-    def update_state(self, y_true: Any, y_pred: Any, sample_weight: Any = None) -> None:
-        y_true = tf.cast(y_true, y_pred.dtype)
-        y_log_ratio = tf.math.xlogy(y_true, y_true) - tf.math.xlogy(y_true, y_pred)  # 0 where y is 0
-        super().update_state(2.0 * (y_log_ratio - (y_true - y_pred)), sample_weight=sample_weight)
-
-
-def _make_metric(name: str) -> keras.metrics.Metric:
-    if name == "poisson_deviance":
-        return PoissonDeviance(name="poisson_deviance")
-    if name == "auc":
-        return keras.metrics.AUC(num_thresholds=1000, name="auc")
-    if name == "log_loss":
-        return keras.metrics.BinaryCrossentropy(name="log_loss")
-    if name == "rmse":
-        return keras.metrics.RootMeanSquaredError(name="rmse")
-    if name == "mae":
-        return keras.metrics.MeanAbsoluteError(name="mae")
-    raise ValueError(f"Unknown metric {name!r}")
 
 
 class Head:
-    """Activation, loss and metrics of one task.
+    """Activation, loss and metrics of one task (see `pipeline.task_types` for what each type offers).
 
     Args:
         task: the task's config (label column, type, loss, weight, output activation, metrics).
@@ -65,29 +38,23 @@ class Head:
         self.name = task.name
         self.label = task.label
         self.weight = float(task.weight)
+        self._type = TASK_TYPES[task.type]
         self._activation = keras.activations.get(task.output_activation)
+        self._loss = self._type.losses[task.loss]
 
     def predictions(self, logits: tf.Tensor) -> tf.Tensor:
-        """What the model outputs for this task: `[batch]`."""
+        """What the model outputs for this task: `[batch]`, or `[batch, num_classes]` for multi-class."""
         return self._activation(logits)
 
     def per_example_loss(self, labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
-        """Unweighted loss of every example, `[batch]`. Log-loss and the Poisson loss (the negative
-        log-likelihood `exp(z) - y z + log(y!)` of `z`, the log of the expected count: never negative, as a
-        loss weighted by a learned uncertainty must be) are computed from logits for stability."""
-        labels = tf.cast(labels, logits.dtype)
-        if self.task.loss == "log_loss":
-            return tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits)
-        if self.task.loss == "poisson":  # the log link: the logit is log(expected count)
-            return tf.exp(logits) - labels * logits + tf.math.lgamma(labels + 1.0)
-        # Keras' losses average over the last axis, so give every example an axis of its own.
-        loss_fn = _REGRESSION_LOSSES[self.task.loss]
-        return loss_fn(labels[:, None], self.predictions(logits)[:, None])
+        """Unweighted loss of every example, `[batch]`; computed from logits where the loss allows, for
+        stability."""
+        return self._loss(tf.cast(labels, tf.float32), logits, self._activation)
 
     def create_metrics(self) -> dict[str, keras.metrics.Metric]:
         """Fresh metrics for one evaluation: the task's metrics, its mean loss, its count of weighted rows."""
         metrics = {"loss": keras.metrics.Mean(name="loss")}
-        metrics.update({name: _make_metric(name) for name in self.task.metrics})
+        metrics.update({name: self._type.metrics[name](self.task.top_k) for name in self.task.metrics})
         metrics[EXAMPLES] = keras.metrics.Sum(name=EXAMPLES)
         return metrics
 
@@ -99,59 +66,101 @@ class Head:
         weights: tf.Tensor,
     ) -> None:
         """Adds one batch of this task's labels and logits to `metrics`, each example weighted."""
-        labels = tf.cast(labels, logits.dtype)
         weights = tf.cast(weights, logits.dtype)
-        predictions = self.predictions(logits)
+        metric_labels, predictions = tf.cast(labels, tf.float32), self.predictions(logits)
+        if self.task.type != "multiclass":
+            # Keras' metric functions average over the last axis: give every example an axis of its own.
+            metric_labels, predictions = metric_labels[:, None], predictions[:, None]
         for name, metric in metrics.items():
             if name == "loss":
                 metric.update_state(self.per_example_loss(labels, logits), sample_weight=weights)
             elif name == EXAMPLES:
                 metric.update_state(tf.cast(weights > 0, logits.dtype))
             else:
-                # Keras' metric functions average over the last axis: give every example an axis of its own.
-                metric.update_state(labels[:, None], predictions[:, None], sample_weight=weights)
+                metric.update_state(metric_labels, predictions, sample_weight=weights)
 
 
-def build_heads(tasks: Sequence[TaskConfig]) -> list[Head]:
-    return [Head(task) for task in tasks]
+def funnel_logit(earlier_logit: tf.Tensor, conditional_logit: tf.Tensor) -> tf.Tensor:
+    """The logit of `sigmoid(earlier_logit) * sigmoid(conditional_logit)`: the probability of an event and of
+    the one before it (ESMM's pCTCVR = pCTR x pCVR), as a logit, so the task's loss, metrics and output are a
+    binary task's. Computed in log space: `log p` is a sum of log-sigmoids and `log(1 - p)` is
+    `log(-expm1(log p))`, floored where `p` rounds to 1."""
+    log_p = tf.math.log_sigmoid(earlier_logit) + tf.math.log_sigmoid(conditional_logit)
+    log_not_p = tf.math.log(tf.maximum(-tf.math.expm1(log_p), 1e-30))
+    return log_p - log_not_p
 
 
-def total_loss(
-    heads: Sequence[Head],
-    labels: Mapping[str, tf.Tensor],
-    weights: Mapping[str, tf.Tensor],
-    logits: Mapping[str, tf.Tensor],
-    uncertainty: UncertaintyWeights | None = None,
-) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
-    """The task-weighted sum of the task losses, and each task's loss (before its task weight). With
-    `uncertainty`, each task loss is weighted by its learned weight too (see `UncertaintyWeights`).
+@keras.saving.register_keras_serializable(package="mtl")
+class TaskLoss(keras.layers.Layer):
+    """The multi-task loss: every task's loss, its label mask and sample weights, and how the task losses
+    are weighted into one (the TensorFlow Recommenders `Task` idea, for several tasks).
 
-    Called once per replica: each task's weighted loss sum over the replica's examples is divided by the
-    task's weight sum over the global batch (an all-reduce across replicas), so summing the replicas' results
-    gives the weighted mean over the global batch's labelled rows (the `tf.distribute` convention). A task
-    with no labelled row in the batch adds 0.
+    A task's loss is the weighted mean over the rows labelled for it in the global batch. `weighting` is
+    `fixed` (each task's `weight`) or `uncertainty` (learned weights on top of them; see
+    `UncertaintyWeights`, whose variables this layer owns and the model checkpoints).
+
+    Args:
+        tasks: the model's tasks.
+        weighting: `fixed` or `uncertainty`.
     """
-    context = tf.distribute.get_replica_context()
-    replicas = context.num_replicas_in_sync if context is not None else 1
-    per_task: dict[str, Any] = {}
-    labelled: dict[str, Any] = {}
-    total = tf.constant(0.0)
-    for head in heads:
-        per_example = head.per_example_loss(labels[head.label], logits[head.name])
-        task_weights = tf.cast(weights[head.label], per_example.dtype)
-        weight_sum = tf.reduce_sum(task_weights)
-        if context is not None and context.num_replicas_in_sync > 1:
-            weight_sum = context.all_reduce(tf.distribute.ReduceOp.SUM, weight_sum)
-        task_loss = tf.math.divide_no_nan(tf.reduce_sum(task_weights * per_example), weight_sum)
-        per_task[head.name] = task_loss
-        if uncertainty is not None:
-            labelled[head.name] = tf.cast(weight_sum > 0, per_example.dtype)
-        total += head.weight * task_loss
-    if uncertainty is not None:
-        total = uncertainty(
-            per_task,
-            task_weights={head.name: head.weight for head in heads},
-            replicas=replicas,
-            present=labelled,
+
+    def __init__(self, tasks: Sequence[TaskConfig], weighting: str = "fixed", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.tasks = tuple(tasks)
+        self.weighting = weighting
+        self.heads = [Head(task) for task in self.tasks]
+        self.learned_weights = (
+            UncertaintyWeights([task.name for task in self.tasks], name="loss_weights")
+            if weighting == "uncertainty"
+            else None
         )
-    return total, per_task
+
+    def build(self, input_shape: Any = None) -> None:
+        if self.learned_weights is not None:
+            self.learned_weights.build()
+        self.built = True
+
+    def call(
+        self,
+        labels: Mapping[str, tf.Tensor],
+        weights: Mapping[str, tf.Tensor],
+        logits: Mapping[str, tf.Tensor],
+    ) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
+        """The weighted total loss of one replica's batch, and each task's loss (before its weight).
+
+        Labels and weights are keyed by label column, logits by task. Each task's weighted loss sum over the
+        replica's examples is divided by the task's weight sum over the global batch (an all-reduce across
+        replicas), so the replicas' results sum to the weighted mean over the global batch's labelled rows
+        (the `tf.distribute` convention). A task with no labelled row in the batch adds 0.
+        """
+        context = tf.distribute.get_replica_context()
+        replicas = context.num_replicas_in_sync if context is not None else 1
+        per_task: dict[str, Any] = {}
+        labelled: dict[str, Any] = {}
+        for head in self.heads:
+            per_example = head.per_example_loss(labels[head.label], logits[head.name])
+            task_weights = tf.cast(weights[head.label], per_example.dtype)
+            weight_sum = tf.reduce_sum(task_weights)
+            if replicas > 1:
+                weight_sum = context.all_reduce(tf.distribute.ReduceOp.SUM, weight_sum)
+            per_task[head.name] = tf.math.divide_no_nan(tf.reduce_sum(task_weights * per_example), weight_sum)
+            if self.learned_weights is not None:
+                labelled[head.name] = tf.cast(weight_sum > 0, per_example.dtype)
+        return self._combine(per_task, replicas, labelled), per_task
+
+    def combine(self, task_losses: Mapping[str, float]) -> float:
+        """The evaluation's `loss`: task losses that are means over a whole split, weighted by the tasks'
+        fixed weights alone, so that runs compare whatever their weighting (learned weights move)."""
+        return float(sum(head.weight * task_losses[head.name] for head in self.heads))
+
+    def _combine(self, task_losses: Mapping[str, Any], replicas: int, labelled: Mapping[str, Any]) -> Any:
+        if self.learned_weights is not None:
+            task_weights = {head.name: head.weight for head in self.heads}
+            return self.learned_weights(
+                task_losses, task_weights=task_weights, replicas=replicas, present=labelled
+            )
+        return sum(head.weight * task_losses[head.name] for head in self.heads)
+
+    def weights_now(self) -> dict[str, float]:
+        """Each task's current learned loss weight (none with fixed weighting)."""
+        return self.learned_weights.weights_now() if self.learned_weights is not None else {}

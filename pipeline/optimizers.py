@@ -8,17 +8,20 @@ them. The optimizer's step is checkpointed, so a resumed run continues its sched
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import keras
 import tensorflow as tf
 
-from pipeline.config import TrainConfig
 from pipeline.errors import ConfigError
+
+if TYPE_CHECKING:  # the config validates its names against the tables here
+    from pipeline.config import TrainConfig
 
 Schedule = keras.optimizers.schedules.LearningRateSchedule
 
-_OPTIMIZERS = {
+OPTIMIZERS = {
     "adam": keras.optimizers.Adam,
     "adagrad": keras.optimizers.Adagrad,
     "sgd": keras.optimizers.SGD,
@@ -28,7 +31,7 @@ _OPTIMIZERS = {
 
 def make_optimizer(train: TrainConfig) -> keras.optimizers.Optimizer:
     """`train.optimizer`, its rate a variable for `set_learning_rate` to follow the schedule with."""
-    return _OPTIMIZERS[train.optimizer](learning_rate=float(train.learning_rate))
+    return OPTIMIZERS[train.optimizer](learning_rate=float(train.learning_rate))
 
 
 def set_learning_rate(optimizer: keras.optimizers.Optimizer, schedule: Schedule) -> None:
@@ -76,6 +79,21 @@ class LinearWarmUp(Schedule):
         return cls(keras.saving.deserialize_keras_object(config["after"]), config["warmup_steps"])
 
 
+# Each schedule from the training config and its decay steps (`TrainConfig` describes their settings).
+SCHEDULES: dict[str, Callable[[TrainConfig, int], Schedule]] = {
+    "constant": lambda train, decay_steps: Constant(train.learning_rate),
+    "exponential": lambda train, decay_steps: keras.optimizers.schedules.ExponentialDecay(
+        train.learning_rate, decay_steps, train.decay_rate
+    ),
+    "cosine": lambda train, decay_steps: keras.optimizers.schedules.CosineDecay(
+        train.learning_rate, decay_steps, alpha=train.cosine_alpha
+    ),
+    "piecewise": lambda train, decay_steps: keras.optimizers.schedules.PiecewiseConstantDecay(
+        [float(b) for b in train.piecewise_boundaries], [float(v) for v in train.piecewise_values]
+    ),
+}
+
+
 def decays_over_the_run(train: TrainConfig) -> bool:
     """Whether the schedule's length is the run's (`decay_steps` 0), so it depends on `max_steps`."""
     return train.learning_rate_schedule in ("exponential", "cosine") and not train.decay_steps
@@ -95,15 +113,5 @@ def learning_rate_schedule(train: TrainConfig, max_steps: int | None = None) -> 
                 f"The {name} schedule decays over the run (decay_steps 0): give the run's max_steps."
             )
         decay_steps = max(1, max_steps - train.warmup_steps)
-    schedules = keras.optimizers.schedules
-    if name == "exponential":
-        schedule: Schedule = schedules.ExponentialDecay(train.learning_rate, decay_steps, train.decay_rate)
-    elif name == "cosine":
-        schedule = schedules.CosineDecay(train.learning_rate, decay_steps, alpha=train.cosine_alpha)
-    elif name == "piecewise":
-        schedule = schedules.PiecewiseConstantDecay(
-            [float(b) for b in train.piecewise_boundaries], [float(v) for v in train.piecewise_values]
-        )
-    else:
-        schedule = Constant(train.learning_rate)
+    schedule = SCHEDULES[name](train, decay_steps)
     return LinearWarmUp(schedule, train.warmup_steps) if train.warmup_steps else schedule

@@ -1,6 +1,6 @@
 """Starting a new model from another run's variables: fine-tuning, or adding a task to a trained model.
 
-Variables match by their Keras path below the model (`experts/expert_kernel_0`, `tower_income/logit/kernel`)
+Variables match by their Keras path below the model (`experts/experts/kernel_0`, `tower_income/logit/kernel`)
 and shape. Layers are named after what they are (MMoE's gates and every tower after their task), so the
 shared layers and the towers and gates of tasks both runs have load, a new task's start fresh, and a model of
 another architecture takes what it shares (towers, embeddings). An embedding table loads only when the two

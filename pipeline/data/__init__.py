@@ -164,7 +164,8 @@ def input_fn(config: ExperimentConfig, split: str) -> InputFn:
     def make(input_context: tf.distribute.InputContext, start_step: int = 0) -> tf.data.Dataset:
         batch_size = input_context.get_per_replica_batch_size(train.batch_size)
         if data_config.source == "synthetic":
-            encoded = synthetic.in_memory(data_config.synthetic, split, preprocess)
+            labels_used = [task.label for task in config.model.tasks]
+            encoded = synthetic.in_memory(data_config.synthetic, split, preprocess, labels_used)
             return in_memory.batches(
                 encoded, batch_size, train.seed, split == "train", input_context, start_step
             )

@@ -15,16 +15,23 @@ A schema is a JSON file (the one format; see README "Your own data"):
       "drop": [],
       "tasks": [
         {"name": "high_income", "column": "income", "positive_values": ["50000+."],
-         "type": "binary", "loss": "log_loss", "weight": 1.0, "weight_column": ""}
+         "type": "binary", "loss": "log_loss", "weight": 1.0, "weight_column": ""},
+        {"name": "employment", "column": "class of worker", "type": "multiclass",
+         "classes": ["Private", "Self-employed", "Government", "Not in universe"]}
       ]
     }
 
 Every column is a feature, a task's label column, a weight column or dropped, so nothing is used (or leaked)
 by accident. A binary task's label is 1 where the column's value is one of `positive_values`; a regression
 task's label is the column's number, and a count task's (`"type": "count"`: clicks, visits) a whole number
->= 0. A label cell that is empty or in `na_values` is missing: that row contributes nothing to that task's
-loss and metrics, and still trains the other tasks. A categorical value seen fewer than `min_count` times in
-training, or beyond the `max_tokens` most frequent, is out of vocabulary, so the OOV buckets are trained too.
+>= 0. A multi-class task's label is the position of the column's value in `classes` (the order of the served
+probabilities); training stops on a training row whose value is not a class, and an eval or test row's
+such value is a missing label. A label cell that is empty or in `na_values` is missing: that row contributes
+nothing to that task's loss and metrics, and still trains the other tasks. A binary task may follow another
+in a funnel (`"after": "click"`, and optionally `"conditional_output"`; see `TaskConfig`).
+
+A categorical value seen fewer than `min_count` times in training, or beyond the `max_tokens` most frequent,
+is out of vocabulary, so the OOV buckets are trained too.
 """
 
 from __future__ import annotations
@@ -35,8 +42,9 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.checks import check_choice, check_positive_int, check_unique, invalid
-from pipeline.config import LOSSES_BY_TYPE, TASK_TYPES, TaskConfig
+from pipeline.config import TaskConfig
 from pipeline.errors import ConfigError
+from pipeline.task_types import TASK_TYPES
 
 FEATURE_TYPES = ("numeric", "categorical", "hashed")
 
@@ -77,6 +85,11 @@ class SchemaTask:
     weight: float = 1.0
     positive_values: tuple[str, ...] = ()
     weight_column: str = ""
+    classes: tuple[str, ...] = ()
+    metrics: tuple[str, ...] = ()
+    top_k: int = 5
+    after: str = ""
+    conditional_output: str = ""
 
     def task_config(self) -> TaskConfig:
         """The model's view of this task; its label is the derived label, keyed by the task's name."""
@@ -84,8 +97,13 @@ class SchemaTask:
             name=self.name,
             label=self.name,
             type=self.type,
-            loss=self.loss or LOSSES_BY_TYPE[self.type][0],
+            loss=self.loss,
             weight=self.weight,
+            metrics=self.metrics,
+            num_classes=len(self.classes) if self.type == "multiclass" else 0,
+            top_k=self.top_k,
+            after=self.after,
+            conditional_output=self.conditional_output,
         )
 
 
@@ -117,9 +135,11 @@ class Schema:
         return tuple(dict.fromkeys(names))
 
     def numeric_columns(self) -> set[str]:
-        """Columns parsed as numbers: numeric features, regression and count labels, and weights."""
+        """Columns parsed as numbers: numeric features, regression and count labels, and weights (binary and
+        multi-class labels are strings, matched against `positive_values` and `classes`)."""
         numeric = {f.name for f in self.features if f.type == "numeric"}
-        return numeric | {t.column for t in self.tasks if t.type != "binary"} | set(self.weight_columns)
+        numeric_labels = {t.column for t in self.tasks if t.type in ("regression", "count")}
+        return numeric | numeric_labels | set(self.weight_columns)
 
     def with_columns(self, columns: tuple[str, ...]) -> Schema:
         return dataclasses.replace(self, columns=tuple(columns))
@@ -155,9 +175,17 @@ class Schema:
                 )
         for i, task in enumerate(self.tasks):
             where = f"schema.tasks[{i}]"
-            check_choice(f"{where}.type", task.type, TASK_TYPES)
+            check_choice(f"{where}.type", task.type, tuple(TASK_TYPES))
             if task.type == "binary" and not task.positive_values:
                 raise invalid(f"{where}.positive_values", [], "must list the values that make the label 1")
+            if task.type == "multiclass":
+                if len(task.classes) < 2:
+                    raise invalid(
+                        f"{where}.classes", list(task.classes), "must list the column's classes (2 or more)"
+                    )
+                check_unique(f"{where}.classes", list(task.classes))
+            elif task.classes:
+                raise invalid(f"{where}.classes", list(task.classes), "is for multiclass tasks only")
             task.task_config().validate()
         features = {f.name for f in self.features}
         for column in self.label_columns:

@@ -41,6 +41,9 @@ class Statistics:
         self.positives: collections.Counter[str] = collections.Counter()
         self.negative_weights: collections.Counter[str] = collections.Counter()
         self.bad_counts: collections.Counter[str] = collections.Counter()
+        self.unknown_classes: dict[str, collections.Counter] = {
+            task.name: collections.Counter() for task in schema.tasks if task.type == "multiclass"
+        }
 
     def add(self, columns: Mapping[str, np.ndarray]) -> None:
         na_values = set(self.schema.csv.missing_values)
@@ -65,14 +68,19 @@ class Statistics:
                     self.missing[name] += int(_is_in(values, na_values).sum())
         for task in self.schema.tasks:
             labels = columns[task.column]
-            if task.type != "binary":
+            if task.type in ("regression", "count"):
                 labelled = ~np.isnan(labels)
                 if task.type == "count":
                     counts = labels[labelled]
                     self.bad_counts[task.name] += int(((counts < 0) | (counts != np.round(counts))).sum())
             else:
                 labelled = ~_is_in(labels, na_values)
+            if task.type == "binary":
                 self.positives[task.name] += int(_is_in(labels[labelled], set(task.positive_values)).sum())
+            if task.type == "multiclass":
+                values = labels[labelled]
+                unknown = values[~_is_in(values, set(task.classes))]
+                self.unknown_classes[task.name].update(unknown.tolist())
             self.labelled[task.name] += int(labelled.sum())
 
     def mean_and_variance(self, name: str) -> tuple[float, float]:
@@ -103,6 +111,14 @@ class Statistics:
                 raise DataError(
                     f"schema.tasks[{i}] ({task.name!r}) is a count task, but {self.bad_counts[task.name]} "
                     f"training rows of column {task.column!r} are not whole numbers >= 0."
+                )
+            unknown = self.unknown_classes.get(task.name)
+            if unknown:
+                values = ", ".join(f"{v!r} ({n})" for v, n in unknown.most_common(5))
+                raise DataError(
+                    f"schema.tasks[{i}] ({task.name!r}): {sum(unknown.values())} training rows of column "
+                    f"{task.column!r} hold values that are not among its classes: {values}; add them to "
+                    "classes, or to csv.na_values if they mean a missing label."
                 )
             if task.type == "binary" and self.positives[task.name] == 0:
                 frequent = ", ".join(f"{v!r} ({n})" for v, n in self.counts[task.column].most_common(5))

@@ -7,23 +7,44 @@ task parameters, from the global NumPy state, on every call.
 
 Besides the paper's regression labels `y1`, `y2`, binary labels `y1_binary`, `y2_binary` mark examples above
 the label's mean, `E[y] = Σ_k sin(β_k)·exp(-α_k²c²/2)` (as `w·x ~ N(0, c²)`), for click-like tasks.
+
+A click-then-conversion funnel (ESMM's setting: an impression may be clicked, and only a clicked one may
+convert) comes with the same examples: `click` is 1 with probability `sigmoid(2·w1·x/c - 2.5)` (about 17% of
+the examples), and `conversion` is 1 only on a clicked example, with probability `sigmoid(2·w2·x/c - 3)`
+given the click (about 30% of the clicks at the default `p`, 5% of the examples), so the two steps are
+related as the tasks are, by `p`. `FUNNEL_TASKS` are ESMM's tasks on
+them: `ctr` learns the click; `ctcvr` the conversion over every example, as the click's probability times
+the conversion's given the click, which is served as `cvr`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import tensorflow as tf
 
-from pipeline.config import FeatureConfig, SyntheticDataConfig
+from pipeline.config import FeatureConfig, SyntheticDataConfig, TaskConfig
 
 FEATURE = "inputs"
 REGRESSION_LABELS = ("y1", "y2")
-LABELS = (*REGRESSION_LABELS, "y1_binary", "y2_binary")
+FUNNEL_LABELS = ("click", "conversion")
+LABEL_TYPES = {
+    "y1": "regression",
+    "y2": "regression",
+    "y1_binary": "binary",
+    "y2_binary": "binary",
+    "click": "binary",
+    "conversion": "binary",
+}
+LABELS = tuple(LABEL_TYPES)
 DEFAULT_TASKS = REGRESSION_LABELS
+FUNNEL_TASKS = (
+    TaskConfig(name="ctr", label="click", type="binary"),
+    TaskConfig(name="ctcvr", label="conversion", type="binary", after="ctr", conditional_output="cvr"),
+)
 _NOISE_STDDEV = 0.01
 _SPLIT_STREAMS = {"train": 1, "eval": 2, "test": 3}
 
@@ -71,7 +92,16 @@ def generate(config: SyntheticDataConfig, split: str) -> tuple[dict[str, np.ndar
         y = wx + sines + rng.normal(scale=_NOISE_STDDEV, size=num_examples)
         labels[name] = y.astype(np.float32)
         labels[f"{name}_binary"] = (y > mean).astype(np.float32)
+    click_probability = _sigmoid(2.0 * (x @ params.w1) / config.c - 2.5)
+    conversion_probability = _sigmoid(2.0 * (x @ params.w2) / config.c - 3.0)
+    click = rng.random(num_examples) < click_probability
+    labels["click"] = click.astype(np.float32)
+    labels["conversion"] = (click & (rng.random(num_examples) < conversion_probability)).astype(np.float32)
     return {FEATURE: x.astype(np.float32)}, labels
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-z))
 
 
 def features(config: SyntheticDataConfig) -> tuple[FeatureConfig, ...]:
@@ -86,9 +116,11 @@ def _generated(config: SyntheticDataConfig, split: str) -> tuple[dict[str, tf.Te
 
 
 def in_memory(
-    config: SyntheticDataConfig, split: str, preprocess: Callable[[dict], dict]
+    config: SyntheticDataConfig, split: str, preprocess: Callable[[dict], dict], labels_used: Sequence[str]
 ) -> tuple[dict, dict, dict]:
-    """`(inputs, labels, weights)` of the whole split: preprocessed inputs, every label, unit weights."""
+    """`(inputs, labels, weights)` of the whole split: preprocessed inputs, the labels the tasks use (every
+    batch carries only those), unit weights."""
     features_, labels = _generated(config, split)
+    labels = {name: labels[name] for name in dict.fromkeys(labels_used)}
     weights = {name: tf.ones_like(label) for name, label in labels.items()}
     return preprocess(features_), labels, weights

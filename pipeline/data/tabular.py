@@ -215,6 +215,11 @@ class TabularData:
                 label = tf.cast(
                     tf.reduce_any(tf.equal(value[:, None], positive[None, :]), axis=1), tf.float32
                 )
+            elif task.type == "multiclass":
+                # The class's position; a value that is no class is missing (training refuses such rows).
+                matches = tf.equal(value[:, None], tf.constant(list(task.classes))[None, :])
+                missing = ~tf.reduce_any(matches, axis=1)
+                label = tf.cast(tf.argmax(tf.cast(matches, tf.int32), axis=1), tf.float32)
             else:
                 missing = tf.math.is_nan(value)
                 label = tf.where(missing, 0.0, value)

@@ -22,47 +22,6 @@ def default_expert_initializer(num_experts: int) -> keras.initializers.Initializ
     )
 
 
-def add_stacked_weights(
-    layer: keras.layers.Layer,
-    num_experts: int,
-    fan_in: int,
-    units: Sequence[int],
-    kernel_initializer: Any,
-    bias_initializer: Any,
-    prefix: str = "",
-) -> tuple[list[Any], list[Any]]:
-    """Adds to `layer` the stacked kernels `[E, in, out]` and biases `[E, out]` of experts of `units`, named
-    `<prefix>kernel_<i>` and `<prefix>bias_<i>`."""
-    kernels, biases = [], []
-    for i, size in enumerate(units):
-        kernels.append(
-            layer.add_weight(
-                name=f"{prefix}kernel_{i}", shape=(num_experts, fan_in, size), initializer=kernel_initializer
-            )
-        )
-        biases.append(
-            layer.add_weight(
-                name=f"{prefix}bias_{i}", shape=(num_experts, size), initializer=bias_initializer
-            )
-        )
-        fan_in = size
-    return kernels, biases
-
-
-def fused_expert_outputs(inputs: Any, kernels: Sequence[Any], biases: Sequence[Any], activation: Any) -> Any:
-    """Every expert's output, `[batch, E, units[-1]]`, from stacked kernels `[E, in, out]` and biases
-    `[E, out]`: the first layer as one plain matmul against `[in, E * out]` (faster than a batched einsum),
-    the others as one batched einsum each."""
-    first_kernel, *other_kernels = kernels
-    num_experts, fan_in, units = first_kernel.shape
-    side_by_side = ops.reshape(ops.transpose(first_kernel, (1, 0, 2)), (fan_in, -1))
-    x = ops.reshape(ops.matmul(inputs, side_by_side), (-1, num_experts, units))
-    x = activation(x + biases[0])
-    for kernel, bias in zip(other_kernels, biases[1:], strict=True):
-        x = activation(ops.einsum("bei,eio->beo", x, kernel) + bias)
-    return x
-
-
 def mix(weights: Any, expert_outputs: Any) -> Any:
     """The weighted sum of expert outputs: weights `[batch, E]` over outputs `[batch, E, units]`."""
     return ops.squeeze(ops.matmul(ops.expand_dims(weights, 1), expert_outputs), axis=1)
@@ -105,20 +64,37 @@ class Experts(keras.layers.Layer):
         self.dropout_layer = keras.layers.Dropout(self.dropout) if self.dropout else None
 
     def build(self, input_shape: tuple[int | None, ...]) -> None:
-        self.kernels, self.biases = add_stacked_weights(
-            self,
-            self.num_experts,
-            input_shape[-1],
-            self.units,
-            self.kernel_initializer,
-            self.bias_initializer,
-        )
+        kernels, biases = [], []
+        fan_in = input_shape[-1]
+        for i, size in enumerate(self.units):
+            kernels.append(
+                self.add_weight(
+                    name=f"kernel_{i}",
+                    shape=(self.num_experts, fan_in, size),
+                    initializer=self.kernel_initializer,
+                )
+            )
+            biases.append(
+                self.add_weight(
+                    name=f"bias_{i}", shape=(self.num_experts, size), initializer=self.bias_initializer
+                )
+            )
+            fan_in = size
+        self.kernels, self.biases = kernels, biases
 
     def call(self, inputs: Any, training: bool | None = None) -> Any:
-        outputs = fused_expert_outputs(inputs, self.kernels, self.biases, self.activation)
+        """The first layer runs as one plain matmul against the kernel's experts side by side, `[in, E * out]`
+        (faster than a batched einsum), the others as one batched einsum each."""
+        first_kernel, *other_kernels = self.kernels
+        fan_in, units = first_kernel.shape[1:]
+        side_by_side = ops.reshape(ops.transpose(first_kernel, (1, 0, 2)), (fan_in, -1))
+        x = ops.reshape(ops.matmul(inputs, side_by_side), (-1, self.num_experts, units))
+        x = self.activation(x + self.biases[0])
+        for kernel, bias in zip(other_kernels, self.biases[1:], strict=True):
+            x = self.activation(ops.einsum("bei,eio->beo", x, kernel) + bias)
         if self.dropout_layer is not None:
-            outputs = self.dropout_layer(outputs, training=training)
-        return outputs
+            x = self.dropout_layer(x, training=training)
+        return x
 
     def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
         return (input_shape[0], self.num_experts, self.units[-1])

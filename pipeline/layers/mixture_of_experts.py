@@ -8,18 +8,18 @@ from typing import Any
 import keras
 from keras import ops
 
-from pipeline.checks import check_positive_int, check_rate, check_units, invalid
-from pipeline.layers.experts import add_stacked_weights, default_expert_initializer, fused_expert_outputs
+from pipeline.checks import check_positive_int, check_units, invalid
+from pipeline.layers.experts import Experts
 from pipeline.layers.gate import Gate, softmax
 from pipeline.layers.initializers import fresh_copy
 
 
 @keras.saving.register_keras_serializable(package="mtl")
 class MixtureOfExperts(keras.layers.Layer):
-    """`num_experts` expert MLPs mixed by `num_gates` softmax gates.
+    """`num_experts` expert MLPs mixed by `num_gates` softmax gates: one `Experts` and a `Gate` per mixture.
 
-    The experts are fused: each layer keeps one stacked kernel `[E, in, out]` and runs as one batched matmul
-    for all experts, rather than `E` small matmuls.
+    The experts are fused (`Experts`), so that each layer runs as one matmul for all experts rather than `E`
+    small ones; for the same reason the gates run together, as one matmul against their kernels side by side.
 
     Input shape: `[batch, input_dim]`. Output: a list of `num_gates` tensors `[batch, expert_units[-1]]`,
     gate `g`'s weighted sum of the expert outputs. `gate_weights` gives the mixture weights themselves.
@@ -55,44 +55,42 @@ class MixtureOfExperts(keras.layers.Layer):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.num_experts = check_positive_int("num_experts", num_experts)
-        self.expert_units = check_units("expert_units", expert_units)
-        self.num_gates = check_positive_int("num_gates", num_gates)
-        self.activation = keras.activations.get(activation)
-        self.dropout = check_rate("dropout", dropout)
-        self.kernel_initializer = keras.initializers.get(
-            kernel_initializer or default_expert_initializer(num_experts)
+        # `expert_units` is checked here as well as by `Experts`, so that errors name this layer's argument.
+        self.experts = Experts(
+            num_experts,
+            check_units("expert_units", expert_units),
+            activation=activation,
+            dropout=dropout,
+            kernel_initializer=kernel_initializer,
+            bias_initializer=bias_initializer,
+            name="experts",
         )
-        self.bias_initializer = keras.initializers.get(bias_initializer)
+        self.num_gates = check_positive_int("num_gates", num_gates)
         self.gate_kernel_initializer = keras.initializers.get(gate_kernel_initializer)
         self.gate_names = tuple(gate_names) or tuple(f"gate_{g}" for g in range(num_gates))
         if len(self.gate_names) != num_gates:
             raise invalid("gate_names", list(gate_names), f"must name each of the {num_gates} gates")
         self.gates = [
-            Gate(num_experts, kernel_initializer=fresh_copy(self.gate_kernel_initializer), name=name)
+            Gate(self.num_experts, kernel_initializer=fresh_copy(self.gate_kernel_initializer), name=name)
             for name in self.gate_names
         ]
-        self.dropout_layer = keras.layers.Dropout(self.dropout) if self.dropout else None
+
+    @property
+    def num_experts(self) -> int:
+        return self.experts.num_experts
+
+    @property
+    def expert_units(self) -> tuple[int, ...]:
+        return self.experts.units
 
     def build(self, input_shape: tuple[int | None, ...]) -> None:
-        self.expert_kernels, self.expert_biases = add_stacked_weights(
-            self,
-            self.num_experts,
-            input_shape[-1],
-            self.expert_units,
-            self.kernel_initializer,
-            self.bias_initializer,
-            prefix="expert_",
-        )
+        self.experts.build(input_shape)
         for gate in self.gates:
             gate.build(input_shape)
 
     def expert_outputs(self, inputs: Any, training: bool | None = None) -> Any:
         """Every expert's output: `[batch, num_experts, expert_units[-1]]`."""
-        x = fused_expert_outputs(inputs, self.expert_kernels, self.expert_biases, self.activation)
-        if self.dropout_layer is not None:
-            x = self.dropout_layer(x, training=training)
-        return x
+        return self.experts(inputs, training=training)
 
     def gate_weights(self, inputs: Any) -> Any:
         """Mixture weights of every gate: `[batch, num_gates, num_experts]`, summing to 1 over experts.
@@ -122,15 +120,16 @@ class MixtureOfExperts(keras.layers.Layer):
         return [(input_shape[0], self.expert_units[-1])] * self.num_gates
 
     def get_config(self) -> dict[str, Any]:
+        experts = self.experts.get_config()
         return {
             **super().get_config(),
             "num_experts": self.num_experts,
             "expert_units": list(self.expert_units),
             "num_gates": self.num_gates,
-            "activation": keras.activations.serialize(self.activation),
-            "dropout": self.dropout,
-            "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
-            "bias_initializer": keras.initializers.serialize(self.bias_initializer),
+            "activation": experts["activation"],
+            "dropout": experts["dropout"],
+            "kernel_initializer": experts["kernel_initializer"],
+            "bias_initializer": experts["bias_initializer"],
             "gate_kernel_initializer": keras.initializers.serialize(self.gate_kernel_initializer),
             "gate_names": list(self.gate_names),
         }

@@ -6,12 +6,16 @@
 - `single_task`: a bottom per task, sharing nothing: the baseline that shows negative transfer.
 - `ple`: Progressive Layered Extraction, task-specific and shared experts gated level by level (Tang et al.,
   RecSys 2020); with one level it is CGC.
+- `esmm`: Entire Space Multi-task Model (Ma et al., SIGIR 2018): for a funnel (tasks `after` others, as a
+  conversion follows a click), a network per task over the shared embeddings; each later step learns its
+  probability given the earlier one, trained through the product on every example.
 """
 
 from __future__ import annotations
 
 import keras
 
+from pipeline.checks import invalid
 from pipeline.config import ModelConfig
 from pipeline.layers import MLP, MixtureOfExperts, ProgressiveLayeredExtraction, SeparateBottoms
 from pipeline.models.registry import register
@@ -46,6 +50,21 @@ def multi_gate_mixture_of_experts(config: ModelConfig) -> keras.layers.Layer:
 
 @register("single_task")
 def single_task(config: ModelConfig) -> keras.layers.Layer:
+    return _separate_bottoms(config)
+
+
+@register("esmm")
+def entire_space_multitask_model(config: ModelConfig) -> keras.layers.Layer:
+    if not config.funnel_tasks():
+        raise invalid(
+            "tasks",
+            [task.name for task in config.tasks],
+            "must hold a funnel for esmm: a binary task `after` another (e.g. a conversion after a click)",
+        )
+    return _separate_bottoms(config)
+
+
+def _separate_bottoms(config: ModelConfig) -> keras.layers.Layer:
     return SeparateBottoms(
         [task.name for task in config.tasks],
         config.bottom_units,

@@ -7,20 +7,22 @@ from typing import Any
 import keras
 import numpy as np
 
-from pipeline.config import ExperimentConfig, ModelConfig
+from pipeline.config import ExperimentConfig, ModelConfig, conditional_task
 from pipeline.features import FeatureEncoder, Preprocessor
-from pipeline.heads import build_heads
-from pipeline.layers import Tower, UncertaintyWeights
+from pipeline.heads import Head, TaskLoss, funnel_logit
+from pipeline.layers import Tower
 from pipeline.models import registry
 
 
 @keras.saving.register_keras_serializable(package="mtl")
 class MultiTaskModel(keras.Model):
-    """A bottom chosen by `config.architecture`, then a `Tower` and a `Head` per task.
+    """A bottom chosen by `config.architecture`, then a `Tower` and a `Head` per task, and the `TaskLoss`.
 
-    `call` takes raw features and returns `{task: predictions [batch]}` (after the output activation): what
-    is exported and served. `task_logits` takes the `Preprocessor`'s output, which the training data already
-    holds, and returns the towers' logits, which training uses for numerically stable losses.
+    `call` takes raw features and returns `{task: predictions}` (after the output activation; `[batch]`, or
+    `[batch, num_classes]` for a multi-class task), and for a task that follows another in a funnel also its
+    conditional probability under `conditional_output`: what is exported and served. `task_logits` takes the
+    `Preprocessor`'s output, which the training data already holds, and returns each task's logits, which
+    training uses for numerically stable losses.
 
     Args:
         config: a validated `ModelConfig`.
@@ -38,31 +40,54 @@ class MultiTaskModel(keras.Model):
                 config.tower_units,
                 activation=config.activation,
                 dropout=config.dropout,
+                output_units=task.output_units,
                 name=f"tower_{task.name}",
             )
             for task in config.tasks
         ]
-        self.heads = build_heads(config.tasks)
-        self.loss_weights = (
-            UncertaintyWeights([task.name for task in config.tasks], name="loss_weights")
-            if config.loss_weighting == "uncertainty"
-            else None
-        )
+        self.task_loss = TaskLoss(config.tasks, config.loss_weighting, name="task_loss")
+        self.conditional_heads = {
+            task.name: Head(conditional_task(task)) for task in config.funnel_tasks()
+        }  # evaluated on the rows where the earlier event happened
+        # Also tracked here, where checkpoints of earlier versions hold the learned weights.
+        self.loss_weights = self.task_loss.learned_weights
 
-    def task_logits(self, inputs: dict[str, Any], training: bool | None = None) -> dict[str, Any]:
-        """Logits per task from preprocessed inputs (`Preprocessor`'s output)."""
+    @property
+    def heads(self) -> list[Head]:
+        return self.task_loss.heads
+
+    def tower_logits(self, inputs: dict[str, Any], training: bool | None = None) -> dict[str, Any]:
+        """Each tower's logits from preprocessed inputs (`Preprocessor`'s output); a funnel task's tower
+        gives the logit of its event given the earlier one."""
         shared = self.bottom(self.encoder(inputs), training=training)
         per_task = shared if isinstance(shared, list) else [shared]
         if len(per_task) == 1:
             per_task = per_task * len(self.towers)
         return {
-            head.name: tower(x, training=training)
-            for head, tower, x in zip(self.heads, self.towers, per_task, strict=True)
+            task.name: tower(x, training=training)
+            for task, tower, x in zip(self.config.tasks, self.towers, per_task, strict=True)
         }
 
+    def task_logits_from_towers(self, towers: dict[str, Any]) -> dict[str, Any]:
+        """Each task's logits from its tower's (see `task_logits`)."""
+        logits: dict[str, Any] = {}
+        for task in self.config.tasks:  # an earlier funnel step comes first (`ModelConfig` checks)
+            own = towers[task.name]
+            logits[task.name] = funnel_logit(logits[task.after], own) if task.after else own
+        return logits
+
+    def task_logits(self, inputs: dict[str, Any], training: bool | None = None) -> dict[str, Any]:
+        """Each task's logits from preprocessed inputs: a funnel task's are those of its event and every
+        earlier one (see `TaskConfig.after`)."""
+        return self.task_logits_from_towers(self.tower_logits(inputs, training=training))
+
     def call(self, features: dict[str, Any], training: bool | None = None) -> dict[str, Any]:
-        logits = self.task_logits(self.preprocessor(features), training=training)
-        return {head.name: head.predictions(logits[head.name]) for head in self.heads}
+        towers = self.tower_logits(self.preprocessor(features), training=training)
+        logits = self.task_logits_from_towers(towers)
+        outputs = {head.name: head.predictions(logits[head.name]) for head in self.heads}
+        for task in self.config.funnel_tasks():
+            outputs[task.conditional_output] = keras.activations.sigmoid(towers[task.name])
+        return outputs
 
     @property
     def has_gates(self) -> bool:
@@ -78,8 +103,7 @@ class MultiTaskModel(keras.Model):
 
     def build_variables(self) -> None:
         """Creates every variable by calling the model once on a zero batch of the configured features."""
-        if self.loss_weights is not None:
-            self.loss_weights.build()
+        self.task_loss.build()
         self(
             {
                 f.name: np.zeros((1, f.dim), np.float32) if f.kind == "numeric" else np.array([""], object)

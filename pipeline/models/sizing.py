@@ -14,6 +14,7 @@ from pipeline.models.multitask_model import model_fn
 _WIDTHS = {
     "shared_bottom": "bottom_units",
     "single_task": "bottom_units",
+    "esmm": "bottom_units",
     "omoe": "expert_units",
     "mmoe": "expert_units",
     "ple": "expert_units",

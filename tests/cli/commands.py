@@ -1,8 +1,10 @@
 """Running `mtl` as a separate process, as a user does."""
 
+import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 SMALL = [
     "--synthetic_examples=2048",
@@ -26,6 +28,22 @@ def mtl(*args: str) -> subprocess.CompletedProcess:
     """Runs `mtl ARGS` to completion."""
     return subprocess.run(
         [sys.executable, "-m", "mtl", *args], capture_output=True, text=True, timeout=300, env=_env()
+    )
+
+
+def mtl_on_csv(stage: str, model_dir, schema: dict, table, *flags: str) -> subprocess.CompletedProcess:
+    """Runs `mtl STAGE` on a CSV table described by `schema` (written beside the table), with every fifth row
+    for evaluation."""
+    schema_path = Path(table).parent / "schema.json"
+    schema_path.write_text(json.dumps(schema))
+    return mtl(
+        stage,
+        f"--model_dir={model_dir}",
+        "--data=csv",
+        f"--schema={schema_path}",
+        f"--train_files={table}",
+        "--split=80/20/0",
+        *flags,
     )
 
 

@@ -36,7 +36,7 @@ def test_train_resume_evaluate_export(trained_dir, tmp_path):
     [
         (
             ["--model=ple2"],
-            "Unknown model 'ple2'. Valid models: mmoe, omoe, ple, shared_bottom, single_task.",
+            "Unknown model 'ple2'. Valid models: esmm, mmoe, omoe, ple, shared_bottom, single_task.",
         ),
         (["--num_experts=0"], "`num_experts` must be a positive integer. Received: num_experts=0"),
         (
@@ -50,7 +50,7 @@ def test_train_resume_evaluate_export(trained_dir, tmp_path):
         (
             ["--task_labels=y1,clicks"],
             "--task_labels: 'clicks' is not a label of the synthetic data "
-            "(labels: y1, y2, y1_binary, y2_binary).",
+            "(labels: y1, y2, y1_binary, y2_binary, click, conversion).",
         ),
         (
             ["--task_labels=y1", "--task_types=binary", "--task_losses=mse"],
@@ -137,8 +137,8 @@ def test_mistakes_with_the_toolbox_flags_are_one_line_errors(tmp_path):
     assert_one_line_error(
         count,
         "train",
-        "--task_types: 'y1' is a real number, not a count; of the synthetic labels only y1_binary and "
-        "y2_binary are whole numbers >= 0.",
+        "--task_types: 'y1' is a real number, not a count; of the synthetic labels only y1_binary, "
+        "y2_binary, click, conversion are whole numbers >= 0.",
     )
     trained = mtl("train", f"--model_dir={tmp_path / 'b'}", "--model=shared_bottom", "--max_steps=2", *SMALL)
     assert trained.returncode == 0, trained.stderr

@@ -10,7 +10,7 @@ import tensorflow as tf
 from serving.client import connect
 from serving.config import single_model
 from serving.server import ModelServer, ServerOptions
-from tests.cli.commands import mtl
+from tests.cli.commands import mtl, mtl_on_csv
 from tests.cli.test_real_data_cli import assert_one_line_error
 
 SCHEMA = {
@@ -35,16 +35,13 @@ def _table(path, rows: int, seed: int, visits=None):
 
 
 def test_a_count_task_trains_and_serves_expected_counts(tmp_path):
-    (tmp_path / "schema.json").write_text(json.dumps(SCHEMA))
     table, _, counts = _table(tmp_path / "visits.csv", 2000, seed=0)
     model_dir = tmp_path / "run"
-    trained = mtl(
+    trained = mtl_on_csv(
         "train_and_evaluate",
-        f"--model_dir={model_dir}",
-        "--data=csv",
-        f"--schema={tmp_path / 'schema.json'}",
-        f"--train_files={table}",
-        "--split=80/20/0",
+        model_dir,
+        SCHEMA,
+        table,
         "--model=shared_bottom",
         "--bottom_units=16",
         "--tower_units=8",
@@ -83,17 +80,9 @@ def test_a_count_task_trains_and_serves_expected_counts(tmp_path):
 
 
 def test_a_count_column_with_a_negative_or_fractional_value_is_refused(tmp_path):
-    (tmp_path / "schema.json").write_text(json.dumps(SCHEMA))
     visits = np.array([1, 0, 2, -1, 3, 1.5] * 10)
     table, _, _ = _table(tmp_path / "bad.csv", 60, seed=1, visits=visits)
-    result = mtl(
-        "train",
-        f"--model_dir={tmp_path / 'run'}",
-        "--data=csv",
-        f"--schema={tmp_path / 'schema.json'}",
-        f"--train_files={table}",
-        "--split=80/20/0",
-    )
+    result = mtl_on_csv("train", tmp_path / "run", SCHEMA, table)
     assert_one_line_error(
         result,
         "train",

@@ -52,7 +52,7 @@ def _model(**changes) -> ModelConfig:
         ),
         (
             {"tasks": (TaskConfig("c", "c", "binary", "log_loss", output_activation="linear"),)},
-            "`tasks[c].output_activation` must be sigmoid for log_loss.",
+            "`tasks[c].output_activation` must be sigmoid for binary tasks (the loss's link).",
         ),
         (
             {"tasks": (TaskConfig("y", "y", weight=-1.0),)},

@@ -4,8 +4,7 @@ import tensorflow as tf
 
 from pipeline.config import TaskConfig
 from pipeline.errors import ConfigError
-from pipeline.heads import Head, total_loss
-from pipeline.layers import UncertaintyWeights
+from pipeline.heads import Head, TaskLoss, funnel_logit
 
 BINARY = TaskConfig(name="click", label="click_label", type="binary", loss="log_loss")
 
@@ -32,35 +31,42 @@ def test_binary_predictions_are_probabilities():
     np.testing.assert_allclose(Head(BINARY).predictions(tf.constant([0.0])), [0.5])
 
 
-def test_total_loss_is_each_tasks_weighted_mean_over_its_labelled_rows():
-    heads = [
-        Head(TaskConfig(name="a", label="a", weight=1.0)),
-        Head(TaskConfig(name="b", label="b", weight=0.5)),
-    ]
+def _task_loss(tasks, weighting="fixed"):
+    layer = TaskLoss(tasks, weighting)
+    layer.build()
+    return layer
+
+
+def test_the_task_loss_is_each_tasks_weighted_mean_over_its_labelled_rows():
+    tasks = [TaskConfig(name="a", label="a", weight=1.0), TaskConfig(name="b", label="b", weight=0.5)]
     labels = {"a": tf.constant([0.0, 0.0, 0.0]), "b": tf.constant([1.0, 1.0, 5.0])}
     logits = {"a": tf.constant([1.0, 3.0, 2.0]), "b": tf.constant([1.0, -1.0, 0.0])}
     # a: sample weights 1, 3 and 0; b: its third label is missing (weight 0).
     weights = {"a": tf.constant([1.0, 3.0, 0.0]), "b": tf.constant([1.0, 1.0, 0.0])}
-    total, per_task = total_loss(heads, labels, weights, logits)
+    fixed = _task_loss(tasks)
+    total, per_task = fixed(labels, weights, logits)
     assert float(per_task["a"]) == pytest.approx((1 * 1 + 3 * 9) / 4)
     assert float(per_task["b"]) == pytest.approx((0 + 4) / 2)
     assert float(total) == pytest.approx(7.0 + 0.5 * 2.0)
+    # Evaluation combines the split's task losses the same way.
+    assert fixed.combine({"a": 7.0, "b": 2.0}) == pytest.approx(8.0)
+    assert fixed.weights_now() == {}
 
     # Learned uncertainty weights on top: sum_t w_t (exp(-s_t) L_t + s_t).
-    uncertainty = UncertaintyWeights(["a", "b"])
-    uncertainty.build()
-    uncertainty.log_variances["a"].assign(0.5)
-    uncertainty.log_variances["b"].assign(-0.2)
-    weighted, _ = total_loss(heads, labels, weights, logits, uncertainty)
+    learned = _task_loss(tasks, "uncertainty")
+    learned.learned_weights.log_variances["a"].assign(0.5)
+    learned.learned_weights.log_variances["b"].assign(-0.2)
+    weighted, _ = learned(labels, weights, logits)
     expected = 1.0 * (np.exp(-0.5) * 7.0 + 0.5) + 0.5 * (np.exp(0.2) * 2.0 - 0.2)
     assert float(weighted) == pytest.approx(expected, rel=1e-6)
-    assert uncertainty.weights_now() == pytest.approx({"a": np.exp(-0.5), "b": np.exp(0.2)})
+    # Evaluation's total keeps to the fixed weights, so that runs compare whatever their weighting.
+    assert learned.combine({"a": 7.0, "b": 2.0}) == pytest.approx(8.0)
+    assert learned.weights_now() == pytest.approx({"a": np.exp(-0.5), "b": np.exp(0.2)})
 
 
 def test_a_task_with_no_labelled_row_in_the_batch_adds_nothing():
-    head = Head(TaskConfig(name="a", label="a"))
-    total, per_task = total_loss(
-        [head], {"a": tf.constant([7.0, 7.0])}, {"a": tf.constant([0.0, 0.0])}, {"a": tf.constant([0.0, 1.0])}
+    total, per_task = _task_loss([TaskConfig(name="a", label="a")])(
+        {"a": tf.constant([7.0, 7.0])}, {"a": tf.constant([0.0, 0.0])}, {"a": tf.constant([0.0, 1.0])}
     )
     assert float(total) == float(per_task["a"]) == 0.0
 
@@ -129,21 +135,19 @@ def test_a_count_task_refuses_another_link():
             name="visits", label="visits", type="count", loss="poisson", output_activation="relu"
         ).validate()
     assert str(error.value) == (
-        "`tasks[visits].output_activation` must be exponential for poisson (the log link). "
+        "`tasks[visits].output_activation` must be exponential for count tasks (the loss's link). "
         "Received: tasks[visits].output_activation='relu'"
     )
 
 
 def test_uncertainty_leaves_out_the_term_of_a_task_without_labels_in_the_batch():
-    heads = [Head(TaskConfig(name="a", label="a")), Head(TaskConfig(name="b", label="b"))]
+    learned = _task_loss([TaskConfig(name="a", label="a"), TaskConfig(name="b", label="b")], "uncertainty")
     labels = {"a": tf.constant([1.0, 2.0]), "b": tf.constant([0.0, 0.0])}
     logits = {"a": tf.constant([0.0, 0.0]), "b": tf.constant([3.0, 3.0])}
     weights = {"a": tf.constant([1.0, 1.0]), "b": tf.constant([0.0, 0.0])}  # b: no label in this batch
-    uncertainty = UncertaintyWeights(["a", "b"])
-    uncertainty.build()
-    uncertainty.log_variances["a"].assign(0.3)
-    uncertainty.log_variances["b"].assign(0.7)
-    total, _ = total_loss(heads, labels, weights, logits, uncertainty)
+    learned.learned_weights.log_variances["a"].assign(0.3)
+    learned.learned_weights.log_variances["b"].assign(0.7)
+    total, _ = learned(labels, weights, logits)
     # a: mse (1 + 4) / 2 = 2.5, weighted exp(-0.3), plus 0.3; b: nothing, not even its 0.7
     assert float(total) == pytest.approx(np.exp(-0.3) * 2.5 + 0.3, rel=1e-6)
 
@@ -154,3 +158,81 @@ def test_the_poisson_loss_is_never_negative():
     for rate in (0.5, 5.0, 30.0):  # the best fit, log(rate), for large counts is where log(y!) matters
         losses = head.per_example_loss(counts, np.full(40, np.log(rate), np.float32))
         assert float(tf.reduce_min(losses)) >= 0.0
+
+
+MULTICLASS = TaskConfig(name="kind", label="kind", type="multiclass", num_classes=3, top_k=2)
+
+
+def test_a_multiclass_task_serves_class_probabilities_and_learns_by_cross_entropy():
+    head = Head(MULTICLASS)
+    assert (MULTICLASS.loss, MULTICLASS.output_activation) == ("cross_entropy", "softmax")
+    assert MULTICLASS.metrics == ("accuracy", "top_k_accuracy") and MULTICLASS.output_units == 3
+    logits = np.array([[0.0, 0.0, 0.0], [np.log(1.0), np.log(2.0), np.log(7.0)]], np.float32)
+    np.testing.assert_allclose(head.predictions(logits), [[1 / 3] * 3, [0.1, 0.2, 0.7]], rtol=1e-6)
+    losses = head.per_example_loss(np.array([2.0, 1.0], np.float32), logits)
+    np.testing.assert_allclose(losses, [np.log(3.0), -np.log(0.2)], rtol=1e-6)
+
+
+def test_multiclass_accuracy_and_top_k_accuracy_are_weighted():
+    head = Head(MULTICLASS)
+    metrics = head.create_metrics()
+    # Probabilities ranked: row 0 -> 2, 1, 0; row 1 -> 0, 2, 1; row 2 -> 1, 0, 2; row 3 (weight 0).
+    logits = tf.constant([[0.0, 1.0, 2.0], [2.0, 0.0, 1.0], [1.0, 2.0, 0.0], [0.0, 0.0, 9.0]])
+    labels = tf.constant([2.0, 2.0, 2.0, 0.0])
+    head.update_metrics(metrics, labels, logits, tf.constant([1.0, 1.0, 2.0, 0.0]))
+    assert float(metrics["accuracy"].result()) == pytest.approx(1 / 4)  # row 0 only, of weight 4
+    assert float(metrics["top_k_accuracy"].result()) == pytest.approx(2 / 4)  # rows 0 and 1 in the top 2
+    assert float(metrics["examples"].result()) == 3
+
+
+def test_top_k_accuracy_is_left_out_when_every_class_is_in_the_top_k():
+    assert TaskConfig(name="k", label="k", type="multiclass", num_classes=5).metrics == ("accuracy",)
+    assert "top_k_accuracy" in TaskConfig(name="k", label="k", type="multiclass", num_classes=6).metrics
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        (
+            {"type": "multiclass", "num_classes": 1},
+            "`tasks[t].num_classes` must be an integer >= 2. Received: tasks[t].num_classes=1",
+        ),
+        (
+            {"type": "binary", "num_classes": 3},
+            "`tasks[t].num_classes` is for multiclass tasks only. Received: tasks[t].num_classes=3",
+        ),
+        (
+            {"type": "multiclass", "num_classes": 3, "loss": "log_loss"},
+            "`tasks[t].loss` must be one of cross_entropy. Received: tasks[t].loss='log_loss'",
+        ),
+        (
+            {"type": "multiclass", "num_classes": 3, "metrics": ("auc",)},
+            "`tasks[t].metrics` must be one of accuracy, top_k_accuracy, cross_entropy. "
+            "Received: tasks[t].metrics='auc'",
+        ),
+        (
+            {"type": "ordinal"},
+            "`tasks[t].type` must be one of binary, regression, count, multiclass. "
+            "Received: tasks[t].type='ordinal'",
+        ),
+    ],
+)
+def test_task_names_come_from_the_task_types(fields, message):
+    with pytest.raises(ConfigError) as error:
+        TaskConfig(name="t", label="t", **fields).validate()
+    assert str(error.value) == message
+
+
+def test_the_funnel_logit_is_the_logit_of_the_product_of_probabilities():
+    earlier = np.array([0.0, 2.0, -3.0, 40.0, -40.0, 120.0], np.float32)
+    conditional = np.array([0.0, -1.0, 1.5, 40.0, 2.0, 120.0], np.float32)
+    product = tf.sigmoid(funnel_logit(earlier, conditional)).numpy()
+    expected = 1 / (1 + np.exp(-earlier.astype(np.float64))) / (1 + np.exp(-conditional.astype(np.float64)))
+    np.testing.assert_allclose(product, expected, rtol=1e-5)
+    # Where the product rounds to 1 the logit stays finite, and so do the loss and its gradient.
+    logits = tf.constant(earlier)
+    with tf.GradientTape() as tape:
+        tape.watch(logits)
+        z = funnel_logit(logits, tf.constant(conditional))
+        loss = tf.nn.sigmoid_cross_entropy_with_logits(labels=tf.zeros(6), logits=z)
+    assert np.all(np.isfinite(z.numpy())) and np.all(np.isfinite(tape.gradient(loss, logits).numpy()))

@@ -139,8 +139,8 @@ def test_variables_of_another_shape_are_not_loaded(tmp_path, trained_source):
     target = Estimator(config, tmp_path, warm_start_from=source_dir)
     report = target.warm_start_report
     assert sorted(report.not_loaded) == [
-        ("mmoe/experts/expert_bias_0", "shape (4, 16) in the source, (4, 24) here"),
-        ("mmoe/experts/expert_kernel_0", "shape (4, 100, 16) in the source, (4, 100, 24) here"),
+        ("mmoe/experts/experts/bias_0", "shape (4, 16) in the source, (4, 24) here"),
+        ("mmoe/experts/experts/kernel_0", "shape (4, 100, 16) in the source, (4, 100, 24) here"),
         ("mmoe/tower_y1/hidden/dense_0/kernel", "shape (16, 8) in the source, (24, 8) here"),
         ("mmoe/tower_y2/hidden/dense_0/kernel", "shape (16, 8) in the source, (24, 8) here"),
     ]
@@ -148,7 +148,7 @@ def test_variables_of_another_shape_are_not_loaded(tmp_path, trained_source):
     source_values, target_values = _values(source.model.variables), _values(target.model.variables)
     for path in report.loaded:
         np.testing.assert_array_equal(target_values[path], source_values[path], err_msg=path)
-    assert target_values["mmoe/experts/expert_kernel_0"].shape == (4, 100, 24)
+    assert target_values["mmoe/experts/experts/kernel_0"].shape == (4, 100, 24)
 
 
 def test_warm_start_from_a_checkpoint_prefix_loads_that_checkpoint(tmp_path, trained_source):

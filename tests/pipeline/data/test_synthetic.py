@@ -62,9 +62,30 @@ def test_labels_follow_the_generating_formula():
     assert 0.2 < labels["y1_binary"].mean() < 0.8
 
 
+def test_funnel_labels_convert_only_after_a_click_with_the_documented_rates():
+    config = SyntheticDataConfig(num_examples=200_000, p=0.5)
+    params = synthetic.task_parameters(config)
+    x, labels = synthetic.generate(config, "train")
+    click, conversion = labels["click"], labels["conversion"]
+    assert set(np.unique(click)) == set(np.unique(conversion)) == {0.0, 1.0}
+    assert not np.any((conversion == 1) & (click == 0))  # the funnel: no conversion without a click
+
+    def sigmoid(z):
+        return 1 / (1 + np.exp(-z))
+
+    inputs = x["inputs"].astype(np.float64)
+    expected_ctr = sigmoid(2 * inputs @ params.w1 / config.c - 2.5).mean()
+    expected_cvr = sigmoid(2 * inputs @ params.w1 / config.c - 2.5) * sigmoid(
+        2 * inputs @ params.w2 / config.c - 3
+    )
+    assert click.mean() == pytest.approx(expected_ctr, abs=0.005)
+    assert 0.12 < click.mean() < 0.22 and 0.02 < conversion.mean() < 0.08
+    assert conversion.mean() == pytest.approx(expected_cvr.mean(), abs=0.005)
+
+
 def make_dataset(config, split, batch_size, shuffle_seed, input_context=None):
     """The input function's batches of synthetic data, with the raw inputs back under their name."""
-    encoded = synthetic.in_memory(config, split, Preprocessor(synthetic.features(config)))
+    encoded = synthetic.in_memory(config, split, Preprocessor(synthetic.features(config)), ("y1", "y2"))
     batches = in_memory.batches(encoded, batch_size, shuffle_seed, split == "train", input_context)
     return batches.map(lambda inputs, labels, weights: ({"inputs": inputs[NUMERIC]}, labels))
 
@@ -74,7 +95,7 @@ def test_training_batches_are_shuffled_repeated_and_full():
     train = make_dataset(config, "train", batch_size=32, shuffle_seed=1)
     batches = list(train.take(5))  # 160 examples from 100: the data repeats
     assert all(features["inputs"].shape == (32, 100) for features, _ in batches)
-    assert sorted(batches[0][1]) == sorted(synthetic.LABELS)
+    assert sorted(batches[0][1]) == ["y1", "y2"]  # the labels the tasks use, no others
     evaluation = make_dataset(config, "eval", batch_size=16, shuffle_seed=1)
     sizes = [int(f["inputs"].shape[0]) for f, _ in evaluation]
     assert sizes == [16, 14]  # one pass, last batch partial

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline.config import FeatureConfig, ModelConfig, TaskConfig
+from pipeline.config import FeatureConfig, ModelConfig, TaskConfig, metric_names
 from pipeline.errors import ConfigError, UnknownNameError
 from pipeline.layers import Gate
 from pipeline.models import MultiTaskModel, model_fn, names
@@ -95,11 +95,12 @@ def test_keras_save_and_load_round_trip(tmp_path):
 
 
 def test_unknown_architecture_lists_the_valid_ones():
-    assert names() == ["mmoe", "omoe", "ple", "shared_bottom", "single_task"]
+    assert names() == ["esmm", "mmoe", "omoe", "ple", "shared_bottom", "single_task"]
     with pytest.raises(UnknownNameError) as error:
         model_fn(dataclasses.replace(PAPER, architecture="ple2"))
     assert (
-        str(error.value) == "Unknown model 'ple2'. Valid models: mmoe, omoe, ple, shared_bottom, single_task."
+        str(error.value)
+        == "Unknown model 'ple2'. Valid models: esmm, mmoe, omoe, ple, shared_bottom, single_task."
     )
 
 
@@ -184,3 +185,118 @@ def test_a_ple_task_output_is_its_gate_mixture_of_its_own_and_the_shared_experts
         candidates = np.concatenate([own[task], shared], axis=1)  # [4, 3, 16]
         expected = np.einsum("be,beu->bu", weights[task], candidates)
         np.testing.assert_allclose(np.asarray(outputs[task]), expected, rtol=1e-5, atol=1e-6)
+
+
+FUNNEL = dataclasses.replace(
+    PAPER,
+    architecture="esmm",
+    tasks=(
+        TaskConfig("ctr", "click", "binary"),
+        TaskConfig("ctcvr", "conversion", "binary", after="ctr", conditional_output="cvr"),
+    ),
+)
+
+
+def test_esmm_serves_ctr_cvr_and_their_product_ctcvr():
+    model = model_fn(FUNNEL)
+    # A network per task over the inputs (ESMM's CTR and CVR towers): 100 -> 113 -> 8 -> 1 each.
+    assert model.count_params() == 2 * ((100 * 113 + 113) + (113 * 8 + 8) + (8 + 1))
+    outputs = {name: value.numpy() for name, value in model(_inputs(32)).items()}
+    assert sorted(outputs) == ["ctcvr", "ctr", "cvr"]
+    np.testing.assert_allclose(outputs["ctcvr"], outputs["ctr"] * outputs["cvr"], rtol=1e-5)
+    assert np.all(outputs["ctcvr"] <= outputs["ctr"])
+
+
+def test_esmms_losses_are_over_the_whole_space_and_train_both_towers():
+    model = model_fn(FUNNEL)
+    inputs = model.preprocessor(_inputs(6))
+    click = tf.constant([1.0, 1.0, 0.0, 0.0, 1.0, 0.0])
+    conversion = tf.constant([1.0, 0.0, 0.0, 0.0, 1.0, 0.0])  # only after a click
+    labels, weights = (
+        {"click": click, "conversion": conversion},
+        {"click": tf.ones(6), "conversion": tf.ones(6)},
+    )
+    with tf.GradientTape() as tape:
+        logits = model.task_logits(inputs)
+        total, per_task = model.task_loss(labels, weights, logits)
+    outputs = model(_inputs(6))
+    ctr, ctcvr = outputs["ctr"].numpy().astype(np.float64), outputs["ctcvr"].numpy().astype(np.float64)
+
+    def log_loss(y, p):
+        return -np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))
+
+    # Both losses are means over all six impressions, clicked or not; ctcvr's is on the product.
+    assert float(per_task["ctr"]) == pytest.approx(log_loss(click.numpy(), ctr), rel=1e-5)
+    assert float(per_task["ctcvr"]) == pytest.approx(log_loss(conversion.numpy(), ctcvr), rel=1e-5)
+    assert float(total) == pytest.approx(float(per_task["ctr"]) + float(per_task["ctcvr"]), rel=1e-6)
+    gradients = tape.gradient(per_task["ctcvr"], model.trainable_variables)
+    touched = {
+        v.path.split("/")[1]
+        for v, g in zip(model.trainable_variables, gradients, strict=True)
+        if g is not None
+    }
+    assert touched == {"bottoms", "tower_ctr", "tower_ctcvr"}  # the product trains the CTR side too
+
+
+def test_esmm_needs_a_funnel():
+    with pytest.raises(ConfigError) as error:
+        model_fn(dataclasses.replace(PAPER, architecture="esmm"))
+    assert str(error.value).startswith(
+        "`tasks` must hold a funnel for esmm: a binary task `after` another "
+        "(e.g. a conversion after a click)."
+    )
+
+
+@pytest.mark.parametrize(
+    "tasks, message",
+    [
+        (
+            (TaskConfig("ctcvr", "conversion", "binary", after="ctr"), TaskConfig("ctr", "click", "binary")),
+            "`tasks[ctcvr].after` must name a task listed before it (tasks: ctcvr, ctr). "
+            "Received: tasks[ctcvr].after='ctr'",
+        ),
+        (
+            (TaskConfig("ctr", "click"), TaskConfig("ctcvr", "conversion", "binary", after="ctr")),
+            "`tasks[ctcvr].after` must name a binary task. Received: tasks[ctcvr].after='ctr'",
+        ),
+        (
+            (
+                TaskConfig("ctr", "click", "binary"),
+                TaskConfig("ctcvr", "conversion", "binary", after="ctr", conditional_output="ctr"),
+            ),
+            "`task outputs` must not repeat a name ('ctr' appears twice).",
+        ),
+        (
+            (TaskConfig("ctr", "click", "binary"), TaskConfig("visits", "visits", "count", after="ctr")),
+            "`tasks[visits].after` is for binary tasks only (an event after another). "
+            "Received: tasks[visits].after='ctr'",
+        ),
+    ],
+)
+def test_a_funnel_is_checked(tasks, message):
+    with pytest.raises(ConfigError) as error:
+        dataclasses.replace(FUNNEL, tasks=tasks).validate()
+    assert str(error.value).startswith(message)
+
+
+def test_a_funnel_tasks_conditional_output_is_named_after_both_steps_by_default():
+    task = TaskConfig("conversion", "conversion", "binary", after="click")
+    assert task.conditional_output == "conversion_given_click"
+
+
+def test_a_multiclass_task_gets_a_probability_per_class():
+    config = dataclasses.replace(
+        PAPER, tasks=(TaskConfig("y1", "y1"), TaskConfig("kind", "kind", "multiclass", num_classes=4))
+    )
+    model = model_fn(config)
+    outputs = model(_inputs(8))
+    assert outputs["y1"].shape == (8,) and outputs["kind"].shape == (8, 4)
+    np.testing.assert_allclose(outputs["kind"].numpy().sum(axis=1), np.ones(8), rtol=1e-5)
+    assert model.count_params() == 8 * (100 * 16 + 16) + 2 * (100 * 8) + (16 * 8 + 8) + (8 + 1) + (
+        16 * 8 + 8
+    ) + (8 * 4 + 4)
+
+
+def test_the_conditional_output_is_a_metric_early_stopping_can_watch():
+    names = metric_names(FUNNEL)
+    assert {"ctr/auc", "ctcvr/auc", "cvr/auc", "cvr/loss"} <= set(names)

@@ -127,7 +127,16 @@ class Estimator:
     # -- checkpoints ------------------------------------------------------------------------------
 
     def _restore(self, path: str) -> None:
-        self._checkpoint.restore(path).assert_existing_objects_matched()
+        """Loads checkpoint `path`.
+
+        Raises:
+            ModelDirError: the checkpoint holds another model (a variable of another shape, or missing).
+        """
+        try:
+            self._checkpoint.restore(path).assert_existing_objects_matched()
+        except (ValueError, AssertionError) as error:
+            first_line = str(error).strip().splitlines()[0]
+            raise ModelDirError(f"{path} does not hold this model: {first_line}") from None
         logging.info("Restored %s (step %d).", path, self.step)
 
     @property
@@ -511,8 +520,6 @@ class Estimator:
                         raise ModelDirError(f"{path} cannot be read: {error.message}") from None
                     logging.warning("Skipped %s, deleted before it could be evaluated.", path)
                     continue
-                except (ValueError, AssertionError) as error:
-                    raise ModelDirError(f"{path} does not hold this model: {error}") from None
                 yield self.evaluate(input_fn, split, files)
                 waited_since = time.monotonic()
                 if step >= max_steps:

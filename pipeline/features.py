@@ -188,3 +188,32 @@ class FeatureEncoder(keras.layers.Layer):
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> FeatureEncoder:
         return cls(**{**config, "features": _deserialize(config["features"])})
+
+
+@keras.saving.register_keras_serializable(package="mtl")
+class PerTaskFeatureEncoders(keras.layers.Layer):
+    """A `FeatureEncoder` per task, for architectures that share nothing between tasks, not even embeddings.
+
+    Input: as `FeatureEncoder`'s. Output: a list with each task's `[batch, encoded_width(features)]`.
+    """
+
+    def __init__(self, features: Sequence[FeatureConfig], task_names: Sequence[str], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.features = tuple(features)
+        self.task_names = tuple(task_names)
+        self.encoders = [FeatureEncoder(self.features, name=f"features_{task}") for task in self.task_names]
+        self.output_dim = encoded_width(self.features)
+
+    def call(self, inputs: Mapping[str, Any]) -> list[Any]:
+        return [encoder(inputs) for encoder in self.encoders]
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            **super().get_config(),
+            "features": _serialize(self.features),
+            "task_names": list(self.task_names),
+        }
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> PerTaskFeatureEncoders:
+        return cls(**{**config, "features": _deserialize(config["features"])})

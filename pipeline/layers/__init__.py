@@ -1,6 +1,6 @@
 """Small Keras 3 layers the architectures are composed from."""
 
-from pipeline.layers.experts import Experts
+from pipeline.layers.experts import Experts, mix
 from pipeline.layers.gate import Gate
 from pipeline.layers.mixture_of_experts import MixtureOfExperts
 from pipeline.layers.mlp import MLP
@@ -19,4 +19,5 @@ __all__ = [
     "SeparateBottoms",
     "Tower",
     "UncertaintyWeights",
+    "mix",
 ]

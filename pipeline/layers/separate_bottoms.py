@@ -16,7 +16,8 @@ class SeparateBottoms(keras.layers.Layer):
     """An `MLP` per task, each seeing the inputs alone: training one task cannot move another's weights, so
     the gap between a multi-task model and this one is the transfer (positive or negative) between tasks.
 
-    Input shape: `[batch, input_dim]`. Output: a list with one `[batch, units[-1]]` per task.
+    Input shape: `[batch, input_dim]`, or a list with each task's own `[batch, input_dim]` (inputs embedded
+    per task). Output: a list with one `[batch, units[-1]]` per task.
 
     Args:
         task_names: the tasks, in the model's order; each bottom is named `bottom_<task>`.
@@ -44,15 +45,25 @@ class SeparateBottoms(keras.layers.Layer):
             for task in self.task_names
         ]
 
-    def build(self, input_shape: tuple[int | None, ...]) -> None:
-        for bottom in self.bottoms:
-            bottom.build(input_shape)
+    def _per_task(self, inputs: Any) -> list[Any]:
+        return list(inputs) if isinstance(inputs, (list, tuple)) else [inputs] * len(self.bottoms)
+
+    def build(self, input_shape: Any) -> None:
+        shapes = (
+            input_shape if isinstance(input_shape[0], (list, tuple)) else [input_shape] * len(self.bottoms)
+        )
+        for bottom, shape in zip(self.bottoms, shapes, strict=True):
+            bottom.build(tuple(shape))
 
     def call(self, inputs: Any, training: bool | None = None) -> list[Any]:
-        return [bottom(inputs, training=training) for bottom in self.bottoms]
+        return [
+            bottom(x, training=training)
+            for bottom, x in zip(self.bottoms, self._per_task(inputs), strict=True)
+        ]
 
-    def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> list[tuple]:
-        return [(input_shape[0], self.units[-1])] * len(self.bottoms)
+    def compute_output_shape(self, input_shape: Any) -> list[tuple]:
+        batch = input_shape[0][0] if isinstance(input_shape[0], (list, tuple)) else input_shape[0]
+        return [(batch, self.units[-1])] * len(self.bottoms)
 
     def get_config(self) -> dict[str, Any]:
         return {

@@ -3,7 +3,8 @@
 - `shared_bottom`: one MLP shared by all tasks (Caruana, 1997).
 - `omoe`: a mixture of experts with one gate shared by all tasks.
 - `mmoe`: a mixture of experts with one gate per task (Ma et al., KDD 2018).
-- `single_task`: a bottom per task, sharing nothing: the baseline that shows negative transfer.
+- `single_task`: a bottom per task, and embeddings per task, sharing nothing: the baseline that shows
+  negative transfer.
 - `ple`: Progressive Layered Extraction, task-specific and shared experts gated level by level (Tang et al.,
   RecSys 2020); with one level it is CGC.
 - `esmm`: Entire Space Multi-task Model (Ma et al., SIGIR 2018): for a funnel (tasks `after` others, as a
@@ -48,7 +49,7 @@ def multi_gate_mixture_of_experts(config: ModelConfig) -> keras.layers.Layer:
     return _mixture(config, gate_names=tuple(f"gate_{task.name}" for task in config.tasks))
 
 
-@register("single_task")
+@register("single_task", shares_embeddings=False)
 def single_task(config: ModelConfig) -> keras.layers.Layer:
     return _separate_bottoms(config)
 

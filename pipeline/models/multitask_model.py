@@ -8,7 +8,7 @@ import keras
 import numpy as np
 
 from pipeline.config import ExperimentConfig, ModelConfig, conditional_task
-from pipeline.features import FeatureEncoder, Preprocessor
+from pipeline.features import FeatureEncoder, PerTaskFeatureEncoders, Preprocessor
 from pipeline.heads import Head, TaskLoss, funnel_logit
 from pipeline.layers import Tower
 from pipeline.models import registry
@@ -32,9 +32,16 @@ class MultiTaskModel(keras.Model):
         super().__init__(**kwargs)
         self.config = config
         self.preprocessor = Preprocessor(config.features, name="preprocessing")
-        self.encoder = FeatureEncoder(config.features, name="features")
         registry.import_modules(config.imports)
-        self.bottom = registry.get(config.architecture)(config)
+        build_bottom = registry.get(config.architecture)
+        self.encoder = (
+            FeatureEncoder(config.features, name="features")
+            if registry.shares_embeddings(config.architecture)
+            else PerTaskFeatureEncoders(
+                config.features, [task.name for task in config.tasks], name="features"
+            )
+        )
+        self.bottom = build_bottom(config)
         self.towers = [
             Tower(
                 config.tower_units,

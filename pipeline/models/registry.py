@@ -1,7 +1,9 @@
 """Architecture registry: name -> builder of the shared part of the model (the "bottom").
 
 A builder takes the `ModelConfig` and returns a Keras layer mapping `[batch, input_dim]` to one representation
-per task (a list of `[batch, units]`), or a single representation all tasks share.
+per task (a list of `[batch, units]`), or a single representation all tasks share. An architecture registered
+with `shares_embeddings=False` gets each task's inputs embedded by embeddings of its own: its layer takes a
+list with one `[batch, input_dim]` per task.
 
 Architectures outside this package register themselves when their module is imported: a module a model
 names in `ModelConfig.imports` (`mtl --import=...`), or one an installed package declares in the
@@ -25,19 +27,28 @@ ENTRY_POINT_GROUP = "mtl.architectures"
 BottomBuilder = Callable[[ModelConfig], keras.layers.Layer]
 
 _BUILDERS: dict[str, BottomBuilder] = {}
+_OWN_EMBEDDINGS: set[str] = set()
 _entry_points_loaded = False
 
 
-def register(name: str) -> Callable[[BottomBuilder], BottomBuilder]:
-    """Decorator adding an architecture under `name`."""
+def register(name: str, shares_embeddings: bool = True) -> Callable[[BottomBuilder], BottomBuilder]:
+    """Decorator adding an architecture under `name`; with `shares_embeddings=False` every task embeds the
+    categorical inputs with tables of its own."""
 
     def decorate(builder: BottomBuilder) -> BottomBuilder:
         if name in _BUILDERS:
             raise ValueError(f"Architecture {name!r} is registered twice.")
         _BUILDERS[name] = builder
+        if not shares_embeddings:
+            _OWN_EMBEDDINGS.add(name)
         return builder
 
     return decorate
+
+
+def shares_embeddings(name: str) -> bool:
+    """Whether the tasks of architecture `name` share the embeddings of the categorical inputs."""
+    return name not in _OWN_EMBEDDINGS
 
 
 def import_modules(modules: Sequence[str]) -> None:

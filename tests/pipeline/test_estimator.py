@@ -196,3 +196,17 @@ def test_uncertainty_loss_weights_are_learned_logged_and_resumed(tmp_path):
     assert resumed.model.loss_weights.weights_now() == pytest.approx(learned, rel=1e-7)
     resumed.train(train_fn, max_steps=150)
     assert resumed.model.loss_weights.weights_now() != pytest.approx(learned, rel=1e-7)
+
+
+def test_a_checkpoint_of_another_model_is_refused_in_one_line(tmp_path):
+    experiment = small_experiment()
+    Estimator(experiment, tmp_path / "a").train(data.input_fn(experiment, "train"), max_steps=2)
+    wider = dataclasses.replace(experiment, model=dataclasses.replace(experiment.model, expert_units=(24,)))
+    Estimator(wider, tmp_path / "b").train(data.input_fn(wider, "train"), max_steps=2)
+    for name in ("checkpoint", "ckpt-2.index", "ckpt-2.data-00000-of-00001"):  # b's checkpoint, a's weights
+        (tmp_path / "b" / name).write_bytes((tmp_path / "a" / name).read_bytes())
+    with pytest.raises(ModelDirError) as error:
+        Estimator(wider, tmp_path / "b")
+    message = str(error.value)
+    assert message.startswith(f"{tmp_path / 'b' / 'ckpt-2'} does not hold this model: ")
+    assert "\n" not in message

@@ -104,18 +104,24 @@ def test_unknown_architecture_lists_the_valid_ones():
     )
 
 
-def test_single_task_shares_no_variable_between_tasks():
-    model = model_fn(dataclasses.replace(PAPER, architecture="single_task"))
+def test_single_task_shares_no_variable_between_tasks_not_even_embeddings():
+    city = FeatureConfig("city", kind="categorical", vocabulary=("paris", "rome"), embedding_dim=3)
+    model = model_fn(dataclasses.replace(PAPER, architecture="single_task", features=(*PAPER.features, city)))
     owners = {}
     for variable in model.trainable_variables:
         parts = variable.path.split("/")
-        owner = next((part for part in parts if part.startswith(("bottom_", "tower_"))), None)
-        assert owner is not None, variable.path  # every weight belongs to a task's bottom or tower
+        owner = next((part for part in parts if part.startswith(("features_", "bottom_", "tower_"))), None)
+        assert owner is not None, variable.path  # a task's embeddings, bottom or tower
         owners.setdefault(owner.split("_", 1)[1], []).append(variable.path)
     assert sorted(owners) == ["y1", "y2"]
+    assert [v.path for v in model.trainable_variables if "embedding" in v.path] == [
+        "single_task/features/features_y1/embedding_3/embeddings",
+        "single_task/features/features_y2/embedding_3/embeddings",
+    ]
     # The gradient of one task's output reaches only that task's variables.
+    inputs = {**_inputs(), "city": np.array(["paris", "rome", "oslo", ""], object)}
     with tf.GradientTape() as tape:
-        y1 = model(_inputs())["y1"]
+        y1 = model(inputs)["y1"]
     gradients = tape.gradient(y1, model.trainable_variables)
     touched = {v.path for v, g in zip(model.trainable_variables, gradients, strict=True) if g is not None}
     assert touched == set(owners["y1"])

@@ -25,8 +25,7 @@ from pipeline.optimizers import OPTIMIZERS, SCHEDULES
 from pipeline.task_types import TASK_TYPES
 
 HIDDEN_ACTIVATIONS = ("relu", "gelu", "silu", "tanh", "elu", "selu", "sigmoid", "linear")
-FEATURE_KINDS = ("numeric", "categorical", "hashed")
-TABULAR_FORMATS = ("csv", "tfrecord", "parquet")
+FEATURE_KINDS = ("numeric", "categorical", "hashed")  # what `pipeline.features.Preprocessor` implements
 SPLITS = ("train", "eval", "test")
 METRIC_MODES = ("auto", "max", "min")
 LOSS_WEIGHTINGS = ("fixed", "uncertainty")
@@ -265,6 +264,8 @@ class SyntheticDataConfig:
 class TabularDataConfig:
     """Rows of raw columns in CSV (plain or gzip), TFRecord or Parquet files, described by a schema.
 
+    `format` names one of `pipeline.data.formats`, which checks it when the table is read.
+
     `schema` is the resolved schema as a JSON object (see `pipeline.data.schema`). File paths are absolute, so
     every stage works from any directory. `split` carves splits out of files by row position:
     "A/B/C" (percentages, e.g. "80/10/10") deals the rows of `train_files` to train, eval and test in that
@@ -281,7 +282,6 @@ class TabularDataConfig:
     skip_bad_rows: bool = False
 
     def validate(self) -> None:
-        check_choice("data format", self.format, TABULAR_FORMATS)
         split_proportions(self.split)
         if not self.train_files:
             raise invalid("train_files", [], "must name at least one file")

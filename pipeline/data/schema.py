@@ -42,11 +42,9 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.checks import check_choice, check_positive_int, check_unique, invalid
-from pipeline.config import TaskConfig
+from pipeline.config import FEATURE_KINDS, TaskConfig
 from pipeline.errors import ConfigError
 from pipeline.task_types import TASK_TYPES
-
-FEATURE_TYPES = ("numeric", "categorical", "hashed")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,7 +154,7 @@ class Schema:
             where = f"schema.features[{i}]"
             if not feature.name:
                 raise invalid(f"{where}.name", feature.name, "must be a column name")
-            check_choice(f"{where}.type", feature.type, FEATURE_TYPES)
+            check_choice(f"{where}.type", feature.type, FEATURE_KINDS)
             check_positive_int(f"{where}.embedding_dim", feature.embedding_dim)
             if feature.type == "hashed":
                 check_positive_int(f"{where}.hash_buckets", feature.hash_buckets)

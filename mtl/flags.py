@@ -77,6 +77,9 @@ flags.DEFINE_boolean(
 flags.DEFINE_enum(
     "distribution_strategy", "auto", STRATEGIES, "tf.distribute strategy; auto reads TF_CONFIG."
 )
+flags.DEFINE_boolean(
+    "verbose", False, "On an error, also print its traceback (a one-line message otherwise)."
+)
 
 # -- model ----------------------------------------------------------------------------------------
 flags.DEFINE_string(
@@ -654,6 +657,11 @@ def server_options() -> ServerOptions:
 # -- help -------------------------------------------------------------------------------------------
 # `mtl --help` lists these groups; `mtl STAGE --help` those of the stage. Each flag sits in one group.
 HELP_GROUPS: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
+    (
+        "Errors",
+        ("train", "evaluate", "export", "train_and_evaluate", "serve", "predict", "demo", "data"),
+        ("verbose",),
+    ),
     (
         "Where and how long",
         ("train", "evaluate", "export", "train_and_evaluate", "demo"),

@@ -28,6 +28,7 @@ import signal  # noqa: E402
 import sys  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
+import traceback  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any, TextIO, TypeVar  # noqa: E402
@@ -388,6 +389,8 @@ def main(argv: list[str]) -> None:
         STAGES[stage]()
     except (UserError, ServingConfigError, rows.RowsError) as error:
         logging.flush()
+        if FLAGS.verbose:
+            traceback.print_exc()
         print(f"mtl {stage}: error: {error}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:

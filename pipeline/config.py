@@ -118,7 +118,7 @@ class TaskConfig:
     @property
     def output_units(self) -> int:
         """Logits per example: one per class for a multi-class task, else one."""
-        return self.num_classes if self.type == "multiclass" else 1
+        return self.num_classes if TASK_TYPES[self.type].per_class else 1
 
     def validate(self) -> None:
         prefix = f"tasks[{self.name}]"
@@ -150,6 +150,12 @@ class TaskConfig:
             raise invalid(f"{prefix}.num_classes", self.num_classes, "is for multiclass tasks only")
         if self.after and self.type != "binary":
             raise invalid(f"{prefix}.after", self.after, "is for binary tasks only (an event after another)")
+        if self.conditional_output and not self.after:
+            raise invalid(
+                f"{prefix}.conditional_output",
+                self.conditional_output,
+                "names the output of a task with after",
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -271,6 +277,9 @@ class TabularDataConfig:
     "A/B/C" (percentages, e.g. "80/10/10") deals the rows of `train_files` to train, eval and test in that
     proportion (rows 1-8 of every 10 train, the 9th is eval, the 10th test); "halves" trains on `train_files`
     whole and gives the odd rows of `eval_files` to eval, the even ones to test.
+
+    A number that is infinite or too large for float32 (`inf`, `1e300`) is missing, like NaN; with
+    `reject_non_finite`, one in a training row stops training instead, naming the column.
     """
 
     format: str = "csv"
@@ -280,6 +289,7 @@ class TabularDataConfig:
     schema: dict = dataclasses.field(default_factory=dict)
     split: str = ""
     skip_bad_rows: bool = False
+    reject_non_finite: bool = False
 
     def validate(self) -> None:
         split_proportions(self.split)

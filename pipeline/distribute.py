@@ -28,7 +28,33 @@ def parse_tf_config(environ: Mapping[str, str] = os.environ) -> dict:
         raise ConfigError(f"TF_CONFIG is not valid JSON: {error}") from None
     if not isinstance(tf_config, dict) or not isinstance(tf_config.get("cluster", {}), dict):
         raise ConfigError("TF_CONFIG must be a JSON object with a `cluster` object.")
+    cluster = tf_config.get("cluster", {})
+    if any(not isinstance(addresses, list) for addresses in cluster.values()):
+        raise ConfigError("TF_CONFIG: each role of `cluster` must be a list of host:port addresses.")
+    if cluster:
+        _check_task(tf_config.get("task"), cluster)
     return tf_config
+
+
+def _check_task(task: object, cluster: Mapping[str, list]) -> None:
+    """The task a process of a cluster is must be one of the cluster's (an evaluator runs beside it)."""
+    if not isinstance(task, dict) or "type" not in task:
+        raise ConfigError(
+            'TF_CONFIG has a cluster but no task: add "task": {"type": "worker", "index": N} for this '
+            "process."
+        )
+    role, index = task["type"], task.get("index", 0)
+    if role == "evaluator":
+        return
+    if role not in cluster:
+        raise ConfigError(
+            f"TF_CONFIG: task type {role!r} is not a role of the cluster ({', '.join(cluster)})."
+        )
+    if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(cluster[role]):
+        raise ConfigError(
+            f"TF_CONFIG: task index {index!r} is out of range: the cluster has {len(cluster[role])} "
+            f"{role} address(es), indices 0 to {len(cluster[role]) - 1}."
+        )
 
 
 def cluster_size(tf_config: Mapping) -> int:

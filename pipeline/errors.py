@@ -29,6 +29,10 @@ class ExportError(UserError):
     """The export base is unusable, or the exported model does not reproduce the in-memory one."""
 
 
+class TrainingDiverged(UserError):
+    """The training loss became NaN or infinite; nothing after the last finite step was saved."""
+
+
 class TrainingStopped(Exception):  # noqa: N818  (a stop that was asked for, not a failure)
     """Training stopped on request (a signal) after saving a checkpoint of the step it reached."""
 

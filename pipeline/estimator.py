@@ -23,7 +23,7 @@ from pipeline import distribute, early_stopping, experts_report, export, heads
 from pipeline import model_dir as model_dir_files
 from pipeline.checks import check_positive_int
 from pipeline.config import ExperimentConfig
-from pipeline.errors import ConfigError, ModelDirError, TrainingStopped
+from pipeline.errors import ConfigError, ModelDirError, TrainingDiverged, TrainingStopped
 from pipeline.models import model_fn
 from pipeline.optimizers import decays_over_the_run, learning_rate_schedule, make_optimizer, set_learning_rate
 from pipeline.progress import PassProgress, TrainingProgress
@@ -103,7 +103,7 @@ class Estimator:
         )
         self.warm_start_report: WarmStartReport | None = None
         self._detached = False  # whether the loaded checkpoint is not the latest
-        trained = tf.train.latest_checkpoint(str(self.model_dir)) is not None
+        trained = model_dir_files.latest_checkpoint(self.model_dir) is not None
         if trained or checkpoint != "latest":
             self.restore(checkpoint)
         elif warm_start_from is not None:
@@ -127,16 +127,7 @@ class Estimator:
     # -- checkpoints ------------------------------------------------------------------------------
 
     def _restore(self, path: str) -> None:
-        """Loads checkpoint `path`.
-
-        Raises:
-            ModelDirError: the checkpoint holds another model (a variable of another shape, or missing).
-        """
-        try:
-            self._checkpoint.restore(path).assert_existing_objects_matched()
-        except (ValueError, AssertionError) as error:
-            first_line = str(error).strip().splitlines()[0]
-            raise ModelDirError(f"{path} does not hold this model: {first_line}") from None
+        model_dir_files.restore(self._checkpoint, path)
         logging.info("Restored %s (step %d).", path, self.step)
 
     @property
@@ -163,7 +154,7 @@ class Estimator:
         self._train_steps_fn = None  # traced with the previous schedule
 
     def _require_trained(self) -> None:
-        if tf.train.latest_checkpoint(str(self.model_dir)) is None:
+        if model_dir_files.latest_checkpoint(self.model_dir) is None:
             raise ModelDirError(f"No checkpoint in {self.model_dir}; train there first.")
 
     def checkpoint_path(self, checkpoint: str = "latest") -> str:
@@ -174,7 +165,7 @@ class Estimator:
         """
         self._require_trained()
         if checkpoint == "latest":
-            return tf.train.latest_checkpoint(str(self.model_dir))
+            return model_dir_files.latest_checkpoint(self.model_dir)
         if checkpoint == "best":
             best = tf.train.latest_checkpoint(str(self.model_dir / BEST_DIR))
             if best is None:
@@ -201,7 +192,7 @@ class Estimator:
         """
         path = self.checkpoint_path(checkpoint)
         self._restore(path)
-        self._detached = path != tf.train.latest_checkpoint(str(self.model_dir))
+        self._detached = path != model_dir_files.latest_checkpoint(self.model_dir)
         return path
 
     # -- training ---------------------------------------------------------------------------------
@@ -323,6 +314,8 @@ class Estimator:
                 path = self._manager.save(checkpoint_number=step)
                 logging.info("Saved checkpoint %s", path)
                 raise TrainingStopped(step, self._stop_reason or OTHER_WORKER_STOPPED)
+            if not math.isfinite(float(total)):
+                raise self._diverged(step, self.step, task_losses)
             step = self.step
             if step % train_config.log_every_steps == 0 or step == until:
                 task_values = {name: float(value) for name, value in task_losses.items()}
@@ -339,6 +332,19 @@ class Estimator:
                 path = self._manager.save(checkpoint_number=step)
                 logging.info("Saved checkpoint %s", path)
         return result
+
+    def _diverged(self, last_finite: int, step: int, task_losses: dict[str, tf.Tensor]) -> TrainingDiverged:
+        """The error for a loss that became NaN or infinite in the steps after `last_finite`: the model's
+        variables are no longer usable, so nothing is saved and the last checkpoint stays the latest."""
+        bad = {name: float(value) for name, value in task_losses.items() if not math.isfinite(float(value))}
+        where = ", ".join(f"{name} {value}" for name, value in bad.items()) or "the learned loss weights"
+        latest = model_dir_files.latest_checkpoint(self.model_dir)
+        kept = f"the latest checkpoint is still {latest}" if latest else "no checkpoint was written"
+        return TrainingDiverged(
+            f"The training loss became non-finite between steps {last_finite} and {step} ({where}); "
+            f"nothing of those steps was saved and {kept}. Lower the learning rate, or look for extreme "
+            "values in the data."
+        )
 
     # -- evaluation -------------------------------------------------------------------------------
 
@@ -514,10 +520,7 @@ class Estimator:
                 path = str(self.model_dir / f"ckpt-{step}")
                 try:
                     self._restore(path)
-                except tf.errors.OpError as error:
-                    complete = tf.io.gfile.exists(f"{path}.index") and tf.io.gfile.glob(f"{path}.data-*")
-                    if complete:
-                        raise ModelDirError(f"{path} cannot be read: {error.message}") from None
+                except tf.errors.OpError:
                     logging.warning("Skipped %s, deleted before it could be evaluated.", path)
                     continue
                 yield self.evaluate(input_fn, split, files)

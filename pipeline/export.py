@@ -2,7 +2,8 @@
 
 The version is written under a temporary name (TF Serving ignores names that are not integers) and renamed
 into place only once complete and checked, so a server polling `export_base` never sees half a model.
-The `serving_default` signature takes the raw features by name and returns one `[batch]` output per task. A
+The `serving_default` signature takes the raw features by name and returns one output per task (`[batch]`,
+or `[batch, num_classes]` for a multi-class task; a funnel task's conditional probability as well). A
 model whose experts are mixed by gates (OMoE, MMoE, PLE) also has a `gates` signature: the same inputs, and
 each gate's weights over its experts (see `MultiTaskModel.gate_weights`), to see what the gates do in serving.
 """

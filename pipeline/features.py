@@ -78,7 +78,8 @@ def _deserialize(features: Sequence[Mapping[str, Any]]) -> list[FeatureConfig]:
 class Preprocessor(keras.layers.Layer):
     """Raw feature values -> `{"numeric": [batch, width], "ids_<dim>": [batch, features]}`.
 
-    Numeric features: a missing value (NaN) is imputed with the training mean, then every value normalised
+    Numeric features: a missing value (NaN, or an infinite number, which no mean or variance could absorb) is
+    imputed with the training mean, then every value normalised
     with the training mean and variance (features without statistics pass through); `missing_indicator`
     features add a 0/1 column saying the value was missing. Categorical features are looked up in their
     vocabulary (unseen values go to the OOV buckets), hashed features hashed; both become int32 row numbers
@@ -135,7 +136,7 @@ class Preprocessor(keras.layers.Layer):
                 [ops.reshape(ops.cast(inputs[f.name], "float32"), (-1, f.dim)) for f in self._numeric],
                 axis=-1,
             )
-            missing = ops.isnan(values)
+            missing = ops.logical_not(ops.isfinite(values))
             values = self._normalize(ops.where(missing, self._mean, values))
             if self._indicators:
                 flags = ops.cast(ops.take(missing, self._indicators, axis=1), "float32")

@@ -19,7 +19,8 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from pipeline.config import TaskConfig
+from pipeline.checks import check_choice
+from pipeline.config import LOSS_WEIGHTINGS, TaskConfig
 from pipeline.layers.uncertainty_weights import UncertaintyWeights
 from pipeline.task_types import TASK_TYPES
 
@@ -68,7 +69,7 @@ class Head:
         """Adds one batch of this task's labels and logits to `metrics`, each example weighted."""
         weights = tf.cast(weights, logits.dtype)
         metric_labels, predictions = tf.cast(labels, tf.float32), self.predictions(logits)
-        if self.task.type != "multiclass":
+        if not self._type.per_class:
             # Keras' metric functions average over the last axis: give every example an axis of its own.
             metric_labels, predictions = metric_labels[:, None], predictions[:, None]
         for name, metric in metrics.items():
@@ -83,10 +84,16 @@ class Head:
 def funnel_logit(earlier_logit: tf.Tensor, conditional_logit: tf.Tensor) -> tf.Tensor:
     """The logit of `sigmoid(earlier_logit) * sigmoid(conditional_logit)`: the probability of an event and of
     the one before it (ESMM's pCTCVR = pCTR x pCVR), as a logit, so the task's loss, metrics and output are a
-    binary task's. Computed in log space: `log p` is a sum of log-sigmoids and `log(1 - p)` is
-    `log(-expm1(log p))`, floored where `p` rounds to 1."""
-    log_p = tf.math.log_sigmoid(earlier_logit) + tf.math.log_sigmoid(conditional_logit)
-    log_not_p = tf.math.log(tf.maximum(-tf.math.expm1(log_p), 1e-30))
+    binary task's. Computed in log space, exactly for any logits: `log p` is a sum of log-sigmoids, and as
+    `1 - p = sigmoid(-a) + sigmoid(a) sigmoid(-b)`, `log(1 - p)` is a log-sum-exp of log-sigmoids."""
+    log_earlier, log_conditional = tf.math.log_sigmoid(earlier_logit), tf.math.log_sigmoid(conditional_logit)
+    log_p = log_earlier + log_conditional
+    log_not_p = tf.reduce_logsumexp(
+        tf.stack(
+            [tf.math.log_sigmoid(-earlier_logit), log_earlier + tf.math.log_sigmoid(-conditional_logit)]
+        ),
+        axis=0,
+    )
     return log_p - log_not_p
 
 
@@ -107,7 +114,7 @@ class TaskLoss(keras.layers.Layer):
     def __init__(self, tasks: Sequence[TaskConfig], weighting: str = "fixed", **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.tasks = tuple(tasks)
-        self.weighting = weighting
+        self.weighting = check_choice("weighting", weighting, LOSS_WEIGHTINGS)
         self.heads = [Head(task) for task in self.tasks]
         self.learned_weights = (
             UncertaintyWeights([task.name for task in self.tasks], name="loss_weights")

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import tensorflow as tf
+from absl import logging
 
 from pipeline.config import ExperimentConfig
 from pipeline.errors import ConfigError, ModelDirError
@@ -29,20 +30,31 @@ def results_file(split: str) -> str:
 
 
 def check_usable(model_dir: str | os.PathLike) -> Path:
+    """`model_dir` as a path: a directory, or one that can be created, which this user can write to.
+
+    Raises:
+        ModelDirError: it is a file, or it (or the directory it would be created in) is not writable.
+    """
     path = Path(model_dir)
     if path.exists() and not path.is_dir():
         raise ModelDirError(f"--model_dir={path} is a file; it must be a directory.")
+    existing = next(p for p in (path.absolute(), *path.absolute().parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise ModelDirError(f"--model_dir={path} cannot be written: {existing} is not a writable directory.")
     return path
 
 
 def write_json_atomically(path: Path, payload: Any) -> None:
     """Writes JSON (keys in their order: metrics as evaluation reports them) so that a reader sees the old
     file or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     text = payload if isinstance(payload, str) else json.dumps(payload, indent=2)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as f:
-        f.write(text)
-    os.replace(f.name, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as f:
+            f.write(text)
+        os.replace(f.name, path)
+    except OSError as error:
+        raise ModelDirError(f"Cannot write {path}: {error.strerror}.") from None
 
 
 def read_json(path: Path, default: Any) -> Any:
@@ -67,6 +79,65 @@ def checkpoint_steps(model_dir: str | os.PathLike) -> list[int]:
         if number.isdigit():
             steps.append(int(number))
     return sorted(set(steps))
+
+
+def checkpoint_files_exist(path: str) -> bool:
+    """Whether checkpoint `path` (a prefix) has its index and data files."""
+    return bool(tf.io.gfile.exists(f"{path}.index") and tf.io.gfile.glob(f"{path}.data-*"))
+
+
+def restore(checkpoint: tf.train.Checkpoint, path: str) -> Any:
+    """Loads checkpoint `path` into `checkpoint`'s objects, every one of which it must hold; returns the
+    load status.
+
+    Raises:
+        ModelDirError: the checkpoint holds another model (a variable missing or of another shape), or its
+            files cannot be read (truncated).
+        tf.errors.OpError: its files were deleted while being read.
+    """
+    try:
+        return checkpoint.restore(path).assert_existing_objects_matched()
+    except (ValueError, AssertionError) as error:
+        first_line = str(error).strip().splitlines()[0]
+        raise ModelDirError(
+            f"{path} does not hold this model (another architecture or size, or a version of it that "
+            f"stored other variables: train it in a new model_dir): {first_line}"
+        ) from None
+    except (tf.errors.OpError, IndexError) as error:  # IndexError: a data file shorter than its index
+        if not checkpoint_files_exist(path):
+            raise
+        first_line = str(getattr(error, "message", error)).strip().splitlines()[0]
+        raise ModelDirError(
+            f"{path} cannot be read ({first_line}); it may be truncated: delete its files to go back to the "
+            "checkpoint before it."
+        ) from None
+
+
+def latest_checkpoint(model_dir: str | os.PathLike) -> str | None:
+    """The newest checkpoint in `model_dir` whose files are all there, or None before the first one.
+
+    The `checkpoint` file may name one whose files were deleted (a truncated checkpoint a user removed):
+    the one before it is used then, with a warning, rather than starting over as if nothing was trained.
+
+    Raises:
+        ModelDirError: checkpoints are listed but none of them has its files.
+    """
+    state = tf.train.get_checkpoint_state(str(model_dir))
+    if state is None:
+        return None
+    listed = list(state.all_model_checkpoint_paths) or [state.model_checkpoint_path]
+    for path in reversed(listed):
+        path = str(Path(model_dir) / Path(path).name)
+        if checkpoint_files_exist(path):
+            if Path(path).name != Path(state.model_checkpoint_path).name:
+                logging.warning(
+                    "%s has no files; using %s, the newest checkpoint that has.", listed[-1], path
+                )
+            return path
+    raise ModelDirError(
+        f"{Path(model_dir) / 'checkpoint'} lists checkpoints ({', '.join(Path(p).name for p in listed)}) "
+        "whose files are all missing; restore them, or train in a new --model_dir."
+    )
 
 
 def load_config(model_dir: str | os.PathLike) -> ExperimentConfig | None:
@@ -102,9 +173,9 @@ def check_same_model(model_dir: str | os.PathLike, config: ExperimentConfig) -> 
 
 
 def _identity(config: ExperimentConfig) -> dict[str, Any]:
-    """What makes a model this model: everything but the data's file paths and bad-row policy."""
+    """What makes a model this model: everything but the data's file paths and bad-value policies."""
     tabular = dataclasses.asdict(config.data.tabular)
-    for moving in ("train_files", "eval_files", "test_files", "skip_bad_rows"):
+    for moving in ("train_files", "eval_files", "test_files", "skip_bad_rows", "reject_non_finite"):
         tabular.pop(moving)
     data = {**dataclasses.asdict(config.data), "tabular": tabular}
     return {"model": dataclasses.asdict(config.model), "data": data}

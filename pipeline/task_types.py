@@ -68,6 +68,7 @@ class TaskType:
         default_metrics: what evaluation reports when the task names none.
         activation: the default output activation, from logits to what the model serves.
         activations: the output activations the losses allow.
+        per_class: whether the task has a logit (and serves a probability) per class, rather than one.
     """
 
     losses: Mapping[str, Loss]
@@ -75,6 +76,7 @@ class TaskType:
     default_metrics: tuple[str, ...]
     activation: str
     activations: tuple[str, ...]
+    per_class: bool = False
 
     @property
     def default_loss(self) -> str:
@@ -122,5 +124,6 @@ TASK_TYPES: dict[str, TaskType] = {
         default_metrics=("accuracy", "top_k_accuracy"),
         activation="softmax",
         activations=("softmax",),
+        per_class=True,
     ),
 }

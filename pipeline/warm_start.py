@@ -36,7 +36,8 @@ def _path_below_root(variable: keras.Variable) -> str:
     return variable.path.split("/", 1)[-1]
 
 
-_EMBEDDING_TABLE = re.compile(r"(^|/)features/embedding_(\d+)/")
+# A shared table (`features/embedding_4/`) or a task's own (`features/features_y1/embedding_4/`).
+_EMBEDDING_TABLE = re.compile(r"(^|/)features/(features_[^/]+/)?embedding_(\d+)/")
 
 
 def _embedding_layout(features: Sequence[FeatureConfig], embedding_dim: int) -> list[tuple]:
@@ -102,8 +103,10 @@ def warm_start(
     source_model = model_fn(config.model)
     source_optimizer = make_optimizer(config.train)
     source_optimizer.build(source_model.trainable_variables)
-    restored = tf.train.Checkpoint(model=source_model, optimizer=source_optimizer).restore(checkpoint)
-    restored.assert_existing_objects_matched().expect_partial()  # the source's step is not wanted
+    restored = model_dir_files.restore(
+        tf.train.Checkpoint(model=source_model, optimizer=source_optimizer), checkpoint
+    )
+    restored.expect_partial()  # the source's step is not wanted
     pairs = [(model.variables, source_model.variables)]
     if with_optimizer:
         pairs.append((optimizer.variables, source_optimizer.variables))
@@ -119,8 +122,8 @@ def warm_start(
                 not_loaded.append(
                     (variable.path, f"shape {tuple(found.shape)} in the source, {tuple(variable.shape)} here")
                 )
-            elif table and _embedding_layout(model.config.features, int(table.group(2))) != _embedding_layout(
-                config.model.features, int(table.group(2))
+            elif table and _embedding_layout(model.config.features, int(table.group(3))) != _embedding_layout(
+                config.model.features, int(table.group(3))
             ):
                 not_loaded.append((variable.path, "the source's categorical inputs or vocabularies differ"))
             else:

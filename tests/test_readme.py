@@ -1,4 +1,4 @@
-"""The README's Python API example runs as written."""
+"""The README's examples work as written: the Python API example runs, the schema example is valid."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import re
 from pathlib import Path
 
 from absl import logging
+
+from pipeline.data.schema import schema_from_dict
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -34,3 +36,10 @@ def test_the_python_api_example_trains_and_exports_the_best(tmp_path, monkeypatc
     assert namespace["estimator"].step == best["global_step"]  # what was exported: the best checkpoint
     (version,) = list((tmp_path / "runs/api/export").iterdir())
     assert printed[1] == f"exported {Path('runs/api/export') / version.name}"
+
+
+def test_the_schema_example_is_a_valid_schema():
+    section = README.read_text().split("### Your own data", 1)[1]
+    example = json.loads(re.search(r"```json\n(.*?)```", section, re.DOTALL).group(1))
+    schema = schema_from_dict(example).validate()
+    assert [task.type for task in schema.tasks] == ["binary", "regression", "multiclass"]

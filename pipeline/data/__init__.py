@@ -152,6 +152,8 @@ def input_fn(config: ExperimentConfig, split: str) -> InputFn:
     """
     data_config, train = config.data, config.train
     _check_source(data_config)
+    if data_config.source == "synthetic" and split == "train":
+        synthetic.check_funnel(data_config.synthetic, config.model.tasks)
     preprocess = Preprocessor(config.model.features, name="preprocessing")
     streamed = data_config.source != "synthetic" and not table(data_config).fits_in_memory(
         split, train.in_memory_max_mb

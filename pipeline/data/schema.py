@@ -85,7 +85,7 @@ class SchemaTask:
     weight_column: str = ""
     classes: tuple[str, ...] = ()
     metrics: tuple[str, ...] = ()
-    top_k: int = 5
+    top_k: int = TaskConfig.top_k
     after: str = ""
     conditional_output: str = ""
 
@@ -184,6 +184,21 @@ class Schema:
                 check_unique(f"{where}.classes", list(task.classes))
             elif task.classes:
                 raise invalid(f"{where}.classes", list(task.classes), "is for multiclass tasks only")
+            if not all(isinstance(value, str) for value in (*task.classes, *task.positive_values)):
+                raise invalid(
+                    f"{where}.classes" if task.type == "multiclass" else f"{where}.positive_values",
+                    list(task.classes or task.positive_values),
+                    'must be a list of strings, the column\'s values as the file holds them ("1", not 1)',
+                )
+            earlier = [t for t in self.tasks[:i] if t.type == "binary"]
+            if task.after and task.after not in [t.name for t in earlier]:
+                raise invalid(
+                    f"{where}.after", task.after, "must name a binary task listed before it in schema.tasks"
+                )
+            if task.conditional_output and not task.after:
+                raise invalid(
+                    f"{where}.conditional_output", task.conditional_output, "is for a task with after"
+                )
             task.task_config().validate()
         features = {f.name for f in self.features}
         for column in self.label_columns:

@@ -26,6 +26,7 @@ class Statistics:
         self.schema = schema
         self.rows = 0
         self.missing: collections.Counter[str] = collections.Counter()
+        self.non_finite: collections.Counter[str] = collections.Counter()  # counted as missing too
         self._numeric = schema.numeric_columns()
         self._sums: dict[str, np.ndarray] = {
             name: np.zeros(5) for name in self._numeric
@@ -41,6 +42,7 @@ class Statistics:
         self.positives: collections.Counter[str] = collections.Counter()
         self.negative_weights: collections.Counter[str] = collections.Counter()
         self.bad_counts: collections.Counter[str] = collections.Counter()
+        self.events_without_earlier: collections.Counter[str] = collections.Counter()  # funnel tasks
         self.unknown_classes: dict[str, collections.Counter] = {
             task.name: collections.Counter() for task in schema.tasks if task.type == "multiclass"
         }
@@ -51,7 +53,9 @@ class Statistics:
         for name in self.schema.used_columns:
             values = columns[name]
             if name in self._numeric:
-                present = values[~np.isnan(values)].astype(np.float64)
+                finite = np.isfinite(values)
+                self.non_finite[name] += int((~finite & ~np.isnan(values)).sum())
+                present = values[finite].astype(np.float64)
                 self.missing[name] += len(values) - len(present)
                 moments = self._sums[name]
                 moments[:3] += (len(present), present.sum(), np.square(present).sum())
@@ -66,17 +70,24 @@ class Statistics:
                     self.missing[name] += sum(chunk[value] for value in na_values)
                 else:
                     self.missing[name] += int(_is_in(values, na_values).sum())
+        positive_rows, labelled_rows = {}, {}  # of the binary tasks, for the funnel tasks after them
         for task in self.schema.tasks:
             labels = columns[task.column]
             if task.type in ("regression", "count"):
-                labelled = ~np.isnan(labels)
+                labelled = np.isfinite(labels)
                 if task.type == "count":
                     counts = labels[labelled]
                     self.bad_counts[task.name] += int(((counts < 0) | (counts != np.round(counts))).sum())
             else:
                 labelled = ~_is_in(labels, na_values)
             if task.type == "binary":
-                self.positives[task.name] += int(_is_in(labels[labelled], set(task.positive_values)).sum())
+                positive = labelled & _is_in(labels, set(task.positive_values))
+                self.positives[task.name] += int(positive.sum())
+                if task.after:  # an event where the earlier one did not happen; a missing label is a 0 there
+                    earlier_negative = labelled_rows[task.after] & ~positive_rows[task.after]
+                    self.events_without_earlier[task.name] += int((positive & earlier_negative).sum())
+                    labelled |= earlier_negative
+                positive_rows[task.name], labelled_rows[task.name] = positive, labelled
             if task.type == "multiclass":
                 values = labels[labelled]
                 unknown = values[~_is_in(values, set(task.classes))]
@@ -96,11 +107,25 @@ class Statistics:
         kept = [value for value, count in ranked if count >= min_count]
         return tuple(kept[:max_tokens] if max_tokens else kept)
 
-    def check(self, files: tuple[str, ...]) -> None:
-        """Stops on a mistake that would train silently wrong; warns about a constant categorical feature."""
+    def check(self, files: tuple[str, ...], reject_non_finite: bool = False) -> None:
+        """Stops on a mistake that would train silently wrong; warns about a constant categorical feature and
+        about infinite numbers (missing values), or with `reject_non_finite` stops on them."""
         where = ", ".join(files)
         if self.rows == 0:
             raise DataError(f"The train split of {where} holds no rows.")
+        for name, count in self.non_finite.items():
+            if count and reject_non_finite:
+                raise DataError(
+                    f"Column {name!r} holds {count} infinite or out-of-range numbers in the train split of "
+                    f"{where}; fix them, or leave out --reject_non_finite to read them as missing."
+                )
+            if count:
+                logging.warning(
+                    "Column %r holds %d infinite or out-of-range numbers in the train split: read as "
+                    "missing.",
+                    name,
+                    count,
+                )
         for i, task in enumerate(self.schema.tasks):
             if self.labelled[task.name] == 0:
                 raise DataError(
@@ -119,6 +144,13 @@ class Statistics:
                     f"schema.tasks[{i}] ({task.name!r}): {sum(unknown.values())} training rows of column "
                     f"{task.column!r} hold values that are not among its classes: {values}; add them to "
                     "classes, or to csv.na_values if they mean a missing label."
+                )
+            if self.events_without_earlier[task.name]:
+                earlier = next(t for t in self.schema.tasks if t.name == task.after)
+                raise DataError(
+                    f"schema.tasks[{i}].after: {self.events_without_earlier[task.name]} training rows have "
+                    f"{task.name!r} positive where {task.after!r} is negative (columns {task.column!r}, "
+                    f"{earlier.column!r}); a task after another can only happen where the earlier one did."
                 )
             if task.type == "binary" and self.positives[task.name] == 0:
                 frequent = ", ".join(f"{v!r} ({n})" for v, n in self.counts[task.column].most_common(5))
@@ -191,6 +223,8 @@ class Statistics:
         """Each used column's missing count and summary, and each task's labelled count and positive rate."""
         for name in self.schema.used_columns:
             missing = f"{self.missing[name]} missing"
+            if self.non_finite[name]:
+                missing += f" ({self.non_finite[name]} infinite)"
             if name in self._numeric:
                 count, _, _, low, high = self._sums[name]
                 mean, variance = self.mean_and_variance(name)

@@ -27,6 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 from pipeline.config import FeatureConfig, SyntheticDataConfig, TaskConfig
+from pipeline.errors import ConfigError
 
 FEATURE = "inputs"
 REGRESSION_LABELS = ("y1", "y2")
@@ -98,6 +99,26 @@ def generate(config: SyntheticDataConfig, split: str) -> tuple[dict[str, np.ndar
     labels["click"] = click.astype(np.float32)
     labels["conversion"] = (click & (rng.random(num_examples) < conversion_probability)).astype(np.float32)
     return {FEATURE: x.astype(np.float32)}, labels
+
+
+def check_funnel(config: SyntheticDataConfig, tasks: Sequence[TaskConfig]) -> None:
+    """Stops a funnel of labels where the later event happens without the earlier one (`click` and
+    `conversion` are a funnel; `y1_binary` and `y2_binary` are not), which the product cannot learn.
+
+    Raises:
+        ConfigError: naming the task and how many training examples break the funnel.
+    """
+    _, labels = generate(config, "train")
+    by_name = {task.name: task for task in tasks}
+    for task in tasks:
+        if task.after:
+            earlier = by_name[task.after]
+            broken = int(np.sum((labels[task.label] > 0) & (labels[earlier.label] == 0)))
+            if broken:
+                raise ConfigError(
+                    f"tasks[{task.name}].after: {broken} training examples have {task.label} 1 where "
+                    f"{earlier.label} is 0; a task after another can only happen where the earlier one did."
+                )
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:

@@ -196,17 +196,21 @@ class TabularData:
         """Model inputs with vocabularies and statistics of the train split, after the checks that stop a
         silent mistake."""
         stats = self.statistics("train", in_memory)
-        stats.check(self.files("train"))
+        stats.check(self.files("train"), self.config.reject_non_finite)
         logging.info("Computed vocabularies and statistics from %d training rows", stats.rows)
         return stats.feature_configs()
 
     # -- labels and weights -----------------------------------------------------------------------------
 
     def features_labels_weights(self, columns: dict[str, tf.Tensor]) -> tuple[dict, dict, dict]:
-        """Raw feature columns; each task's label (0 where missing) and weight (0 where it is missing)."""
+        """Raw feature columns; each task's label (0 where missing) and weight (0 where it is missing).
+
+        A funnel task's event cannot happen where the earlier one did not: there its missing label is a 0
+        (a conversion column filled only for clicked rows), so that it learns from every row, as ESMM must.
+        """
         features = {feature.name: columns[feature.name] for feature in self.schema.features}
         na_values = tf.constant(list(self.schema.csv.missing_values))
-        labels, weights = {}, {}
+        labels, weights, present = {}, {}, {}
         for task in self.schema.tasks:
             value = columns[task.column]
             if task.type == "binary":
@@ -221,12 +225,15 @@ class TabularData:
                 missing = ~tf.reduce_any(matches, axis=1)
                 label = tf.cast(tf.argmax(tf.cast(matches, tf.int32), axis=1), tf.float32)
             else:
-                missing = tf.math.is_nan(value)
+                missing = ~tf.math.is_finite(value)
                 label = tf.where(missing, 0.0, value)
+            if task.after:
+                missing &= ~(present[task.after] & tf.equal(labels[task.after], 0.0))
             weight_column = self.schema.task_weight_column(task)
             weight = columns[weight_column] if weight_column else tf.ones_like(label)
             labels[task.name] = label
             weights[task.name] = tf.where(missing, 0.0, weight)
+            present[task.name] = ~missing
         return features, labels, weights
 
     # -- batches ----------------------------------------------------------------------------------------

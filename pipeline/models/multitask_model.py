@@ -52,12 +52,10 @@ class MultiTaskModel(keras.Model):
             )
             for task in config.tasks
         ]
+        # Created after the towers: checkpoints hold the variables in the order the model lists them.
         self.task_loss = TaskLoss(config.tasks, config.loss_weighting, name="task_loss")
-        self.conditional_heads = {
-            task.name: Head(conditional_task(task)) for task in config.funnel_tasks()
-        }  # evaluated on the rows where the earlier event happened
-        # Also tracked here, where checkpoints of earlier versions hold the learned weights.
-        self.loss_weights = self.task_loss.learned_weights
+        # Evaluated on the rows where the earlier event happened.
+        self.conditional_heads = {task.name: Head(conditional_task(task)) for task in config.funnel_tasks()}
 
     @property
     def heads(self) -> list[Head]:

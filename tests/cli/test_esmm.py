@@ -13,7 +13,7 @@ from pipeline.data import synthetic
 from serving.client import connect
 from serving.config import single_model
 from serving.server import ModelServer, ServerOptions
-from tests.cli.commands import SMALL, assert_one_line_error, mtl
+from tests.cli.commands import SMALL, assert_one_line_error, mtl, mtl_on_csv
 
 
 def _rows(count: int) -> dict[str, np.ndarray]:
@@ -112,4 +112,61 @@ def test_a_funnel_declared_by_flags_on_mmoe(tmp_path):
 def test_funnel_mistakes_are_one_line_errors(tmp_path, flags, message):
     assert_one_line_error(
         mtl("train", f"--model_dir={tmp_path / 'run'}", "--max_steps=1", *SMALL, *flags), "train", message
+    )
+
+
+FUNNEL_SCHEMA = {
+    "features": [{"name": "x", "type": "numeric"}],
+    "tasks": [
+        {"name": "ctr", "column": "click", "positive_values": ["1"]},
+        {
+            "name": "ctcvr",
+            "column": "bought",
+            "positive_values": ["yes"],
+            "after": "ctr",
+            "conditional_output": "cvr",
+        },
+    ],
+}
+
+
+def _funnel_table(path, rows: int, bought_without_click: int = 0):
+    """`bought` is filled only on clicked rows (yes/no), as logs often are; empty elsewhere."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=rows)
+    click = rng.random(rows) < 1 / (1 + np.exp(-(2 * x - 1)))
+    bought = np.where(click, np.where(rng.random(rows) < 0.4, "yes", "no"), "")
+    bought[np.flatnonzero(~click)[:bought_without_click]] = "yes"
+    lines = ["x,click,bought"] + [f"{x[i]:.3f},{int(click[i])},{bought[i]}" for i in range(rows)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_a_funnel_column_filled_only_after_the_earlier_event_is_a_0_elsewhere(tmp_path):
+    table = _funnel_table(tmp_path / "log.csv", 1000)
+    trained = mtl_on_csv(
+        "train_and_evaluate",
+        tmp_path / "run",
+        FUNNEL_SCHEMA,
+        table,
+        "--model=esmm",
+        "--max_steps=20",
+        "--eval_every_steps=20",
+        "--batch_size=64",
+    )
+    assert trained.returncode == 0, trained.stderr
+    tasks = json.loads((tmp_path / "run" / "eval_results.json").read_text())["tasks"]
+    # Every eval row counts for ctcvr (an empty `bought` after no click is a 0); cvr only the clicked ones.
+    assert tasks["ctr"]["examples"] == tasks["ctcvr"]["examples"] == 200
+    assert 0 < tasks["cvr"]["examples"] < 200
+
+
+def test_an_event_without_the_earlier_one_is_refused(tmp_path):
+    table = _funnel_table(tmp_path / "log.csv", 1000, bought_without_click=5)
+    result = mtl_on_csv("train", tmp_path / "run", FUNNEL_SCHEMA, table, "--model=esmm", "--max_steps=2")
+    assert_one_line_error(
+        result,
+        "train",
+        "schema.tasks[1].after: 4 training rows have 'ctcvr' positive where 'ctr' is negative (columns "
+        "'bought', 'click'); a task after another can only happen where the earlier one did.",
     )

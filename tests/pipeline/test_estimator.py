@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from pipeline import data
 from pipeline.config import TaskConfig
-from pipeline.errors import ConfigError, ModelDirError
+from pipeline.errors import ConfigError, ModelDirError, TrainingDiverged
 from pipeline.estimator import Estimator
 from tests.conftest import small_experiment
 
@@ -181,7 +181,7 @@ def test_uncertainty_loss_weights_are_learned_logged_and_resumed(tmp_path):
     train_fn = data.input_fn(config, "train")
     estimator = Estimator(config, tmp_path)
     estimator.train(train_fn, max_steps=100)
-    learned = estimator.model.loss_weights.weights_now()
+    learned = estimator.model.task_loss.weights_now()
     assert sorted(learned) == ["y1", "y2"] and all(abs(w - 1.0) > 1e-3 for w in learned.values()), learned
 
     logged = {}
@@ -193,9 +193,9 @@ def test_uncertainty_loss_weights_are_learned_logged_and_resumed(tmp_path):
     assert logged == pytest.approx(learned, rel=1e-6)
 
     resumed = Estimator(config, tmp_path)
-    assert resumed.model.loss_weights.weights_now() == pytest.approx(learned, rel=1e-7)
+    assert resumed.model.task_loss.weights_now() == pytest.approx(learned, rel=1e-7)
     resumed.train(train_fn, max_steps=150)
-    assert resumed.model.loss_weights.weights_now() != pytest.approx(learned, rel=1e-7)
+    assert resumed.model.task_loss.weights_now() != pytest.approx(learned, rel=1e-7)
 
 
 def test_a_checkpoint_of_another_model_is_refused_in_one_line(tmp_path):
@@ -208,5 +208,29 @@ def test_a_checkpoint_of_another_model_is_refused_in_one_line(tmp_path):
     with pytest.raises(ModelDirError) as error:
         Estimator(wider, tmp_path / "b")
     message = str(error.value)
-    assert message.startswith(f"{tmp_path / 'b' / 'ckpt-2'} does not hold this model: ")
+    assert message.startswith(f"{tmp_path / 'b' / 'ckpt-2'} does not hold this model (")
     assert "\n" not in message
+
+
+def test_a_loss_that_becomes_nan_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
+    experiment = small_experiment(save_checkpoints_steps=5, log_every_steps=5)
+    estimator = Estimator(experiment, tmp_path)
+    estimator.train(data.input_fn(experiment, "train"), max_steps=10)
+    good = {v.path: v.numpy() for v in estimator.model.trainable_variables}
+
+    def poisoned(context, start):  # y2's labels become NaN from now on
+        return data.input_fn(experiment, "train")(context, start).map(
+            lambda inputs, labels, weights: (inputs, {**labels, "y2": labels["y2"] * np.nan}, weights)
+        )
+
+    with pytest.raises(TrainingDiverged) as error:
+        estimator.train(poisoned, max_steps=20)
+    assert str(error.value) == (
+        "The training loss became non-finite between steps 10 and 15 (y2 nan); nothing of those steps was "
+        f"saved and the latest checkpoint is still {tmp_path / 'ckpt-10'}. Lower the learning rate, or look "
+        "for extreme values in the data."
+    )
+    assert tf.train.latest_checkpoint(str(tmp_path)) == str(tmp_path / "ckpt-10")
+    restored = Estimator(experiment, tmp_path)
+    for variable in restored.model.trainable_variables:
+        np.testing.assert_array_equal(variable.numpy(), good[variable.path])

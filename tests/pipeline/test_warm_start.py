@@ -1,6 +1,7 @@
 """Warm starting a new model_dir from another run's variables (adding a task, changing sizes)."""
 
 import dataclasses
+import json
 import shutil
 
 import numpy as np
@@ -249,7 +250,7 @@ def _table(path, categories, seed):
     return path
 
 
-def _table_experiment(path):
+def _table_experiment(path, architecture="shared_bottom"):
     schema = schema_from_dict(
         {
             "features": [{"name": "x", "type": "numeric"}, {"name": "k", "type": "categorical"}],
@@ -259,7 +260,7 @@ def _table_experiment(path):
     tabular = data.table_config("csv", schema, [str(path)], split="80/20/0")
     data_config = DataConfig(source="csv", tabular=tabular)
     model = ModelConfig(
-        architecture="shared_bottom",
+        architecture=architecture,
         features=data.features(data_config),
         tasks=data.tasks(data_config),
         bottom_units=(8,),
@@ -270,21 +271,34 @@ def _table_experiment(path):
     )
 
 
-def test_an_embedding_table_loads_only_for_the_same_categories(tmp_path):
-    source_config = _table_experiment(_table(tmp_path / "a.csv", ["a", "b", "c"], seed=0))
+@pytest.mark.parametrize(
+    "architecture, table",
+    [
+        ("shared_bottom", "shared_bottom/features/embedding_4/embeddings"),
+        ("single_task", "single_task/features/features_y/embedding_4/embeddings"),  # the task's own table
+    ],
+)
+def test_an_embedding_table_loads_only_for_the_same_categories(tmp_path, architecture, table):
+    source_config = _table_experiment(_table(tmp_path / "a.csv", ["a", "b", "c"], seed=0), architecture)
     Estimator(source_config, tmp_path / "source").train(data.input_fn(source_config, "train"), max_steps=5)
     # New data in which the categories are as frequent in another order: another vocabulary order.
-    other = _table_experiment(_table(tmp_path / "b.csv", ["c"] * 3 + ["b"] * 2 + ["a"], seed=1))
+    other = _table_experiment(_table(tmp_path / "b.csv", ["c"] * 3 + ["b"] * 2 + ["a"], seed=1), architecture)
     assert other.model.features != source_config.model.features
     report = Estimator(other, tmp_path / "other", warm_start_from=tmp_path / "source").warm_start_report
-    assert report.not_loaded == (
-        (
-            "shared_bottom/features/embedding_4/embeddings",
-            "the source's categorical inputs or vocabularies differ",
-        ),
-    )
+    assert report.not_loaded == ((table, "the source's categorical inputs or vocabularies differ"),)
     # Taking the source's inputs, the table loads: every category keeps its row.
     reused = with_source_features(other, tmp_path / "source")
     assert reused.model.features == source_config.model.features and reused.data == other.data
     report = Estimator(reused, tmp_path / "reused", warm_start_from=tmp_path / "source").warm_start_report
-    assert report.not_loaded == () and "shared_bottom/features/embedding_4/embeddings" in report.loaded
+    assert report.not_loaded == () and table in report.loaded
+
+
+def test_a_source_checkpoint_that_does_not_match_its_config_is_one_line(tmp_path):
+    source_config = _table_experiment(_table(tmp_path / "a.csv", ["a", "b", "c"], seed=0))
+    Estimator(source_config, tmp_path / "source").train(data.input_fn(source_config, "train"), max_steps=5)
+    # The source's config now describes another model than its checkpoint holds.
+    saved = json.loads((tmp_path / "source" / "config.json").read_text())
+    saved["model"]["bottom_units"] = [16]
+    (tmp_path / "source" / "config.json").write_text(json.dumps(saved))
+    with pytest.raises(ModelDirError, match=r"ckpt-5 does not hold this model \(another architecture"):
+        Estimator(source_config, tmp_path / "target", warm_start_from=tmp_path / "source")

@@ -306,3 +306,36 @@ def test_a_multiclass_task_gets_a_probability_per_class():
 def test_the_conditional_output_is_a_metric_early_stopping_can_watch():
     names = metric_names(FUNNEL)
     assert {"ctr/auc", "ctcvr/auc", "cvr/auc", "cvr/loss"} <= set(names)
+
+
+def test_the_variable_order_checkpoints_rely_on_is_kept():
+    """Checkpoints hold the model's variables in the order the model lists them (as the optimizer's), so an
+    earlier version's checkpoint loads only while this order stays."""
+    city = FeatureConfig("k", kind="categorical", vocabulary=("a",))
+    config = ModelConfig(
+        architecture="mmoe",
+        features=(FeatureConfig("x", dim=3), city),
+        tasks=(TaskConfig("y1", "y1"), TaskConfig("y2", "y2")),
+        num_experts=2,
+        expert_units=(4,),
+        tower_units=(2,),
+        loss_weighting="uncertainty",
+    )
+    shapes = [tuple(v.shape) for v in model_fn(config).trainable_variables]
+    assert shapes == [
+        (2, 4),  # the embeddings
+        (2, 7, 4),  # the experts' kernel and bias
+        (2, 4),
+        (7, 2),  # the gates
+        (7, 2),
+        (4, 2),  # the towers
+        (2,),
+        (2, 1),
+        (1,),
+        (4, 2),
+        (2,),
+        (2, 1),
+        (1,),
+        (),  # the learned loss weights
+        (),
+    ]

@@ -1,0 +1,481 @@
+"""Reproduces the MMoE paper's experiments (Ma et al., KDD 2018) with every architecture side by side.
+
+- Synthetic sweep (the paper's section 3.2 data, its Figures 4 and 5): for each task correlation `--p`, every
+  model of `--models` trained from `--seeds` seeds (a seed draws new tasks, data and initial weights); the
+  eval loss of each task along training, and its final value.
+- Census-income (the paper's section 6.3, its Table 2): groups 1 (income, never married) and 2 (education,
+  never married), every model from `--census_seeds` seeds; the test AUC of each task.
+
+MMoE, OMoE and shared-bottom have the paper's sizes (8 experts of 16 units, towers of 8, a 113-unit bottom);
+PLE and single-task are sized to MMoE's parameter count (as `--param_budget` does). Runs go to `--workers`
+processes of one thread each, and each finished run is written to `--output` at once, so an interrupted
+reproduction resumes where it stopped. `--report_only` redraws the tables and plots from `--output`.
+
+    .venv/bin/python benchmarks/reproduce_mmoe.py --seeds=20 --census_seeds=10 \\
+        --data_dir=../shared/data/census-income
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
+
+flags.DEFINE_list("experiments", ["synthetic", "census"], "Which experiments: synthetic, census.")
+flags.DEFINE_list("models", ["shared_bottom", "omoe", "mmoe", "ple", "single_task"], "Architectures.")
+flags.DEFINE_list("p", ["0.5", "0.9", "1.0"], "Synthetic task correlations.")
+flags.DEFINE_integer("seeds", 20, "Runs per model and task correlation.")
+flags.DEFINE_integer("synthetic_examples", 10_000, "Synthetic training examples per run.")
+flags.DEFINE_integer("synthetic_steps", 3000, "Training steps per synthetic run.")
+flags.DEFINE_integer("eval_every_steps", 100, "Synthetic runs evaluate this often (the loss curves).")
+flags.DEFINE_list("census_groups", ["1", "2"], "Census-income task groups.")
+flags.DEFINE_integer("census_seeds", 10, "Runs per model and census group.")
+flags.DEFINE_integer("census_steps", 2000, "Training steps per census run.")
+flags.DEFINE_string("data_dir", "../shared/data/census-income", "Directory of the UCI census files.")
+flags.DEFINE_integer("batch_size", 256, "Batch size of every run.")
+flags.DEFINE_integer("workers", 2, "Parallel runs, one thread each (the machine's cores).")
+flags.DEFINE_string("output", "benchmarks/results/reproduce_mmoe.json", "Every run's results (resumable).")
+flags.DEFINE_string("plots_dir", "docs", "Where the PNGs and the markdown tables go.")
+flags.DEFINE_boolean("report_only", False, "Only redraw the tables and plots from --output.")
+FLAGS = flags.FLAGS
+
+SIZES = {"num_experts": 8, "expert_units": (16,), "bottom_units": (113,), "tower_units": (8,)}
+TABLES_FILE = "reproduction_tables.md"
+
+
+# -- one run (in a worker process) ------------------------------------------------------------------------
+
+
+def _start_worker() -> None:
+    """One thread per run, so `--workers` runs share the cores without oversubscribing them."""
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    logging.set_verbosity(logging.WARNING)
+
+
+def _sized(model: Any, budget: int | None) -> Any:
+    from pipeline.models import sizing
+
+    if budget is None or model.architecture not in ("ple", "single_task"):
+        return model
+    return sizing.fit_to_budget(model, budget)
+
+
+def _synthetic_run(spec: dict[str, Any]) -> dict[str, Any]:
+    from pipeline import data
+    from pipeline.config import (
+        DataConfig,
+        ExperimentConfig,
+        ModelConfig,
+        SyntheticDataConfig,
+        TaskConfig,
+        TrainConfig,
+    )
+    from pipeline.data import synthetic
+    from pipeline.estimator import Estimator
+    from pipeline.experts_report import gate_statistics
+
+    synthetic_config = SyntheticDataConfig(
+        num_examples=spec["examples"], eval_examples=spec["examples"] // 5, p=spec["p"], seed=spec["seed"]
+    )
+    model = ModelConfig(
+        architecture=spec["model"],
+        features=synthetic.features(synthetic_config),
+        tasks=(TaskConfig("y1", "y1"), TaskConfig("y2", "y2")),
+        **SIZES,
+    )
+    model = _sized(model, spec["budget"])
+    train = TrainConfig(
+        batch_size=spec["batch_size"],
+        seed=spec["seed"],
+        save_checkpoints_steps=spec["steps"],
+        log_every_steps=spec["steps"],
+    )
+    config = ExperimentConfig(model=model, data=DataConfig(synthetic=synthetic_config), train=train)
+    with tempfile.TemporaryDirectory() as model_dir:
+        estimator = Estimator(config, model_dir)
+        eval_input = data.input_fn(config, "eval")
+        estimator.train_and_evaluate(
+            data.input_fn(config, "train"), eval_input, spec["steps"], spec["eval_every"]
+        )
+        history = json.loads((Path(model_dir) / "eval_history.json").read_text())
+        gates = None
+        if estimator.model.has_gates:
+            batches = (inputs for inputs, _, _ in eval_input(_input_context(), 0))
+            gates = {
+                gate: values["mean_weights"]
+                for gate, values in gate_statistics(estimator.model, batches)["gates"].items()
+            }
+    return {
+        **spec,
+        "parameters": estimator.model.count_params(),
+        "steps_evaluated": [results["global_step"] for results in history],
+        "eval_loss": {task: [results["tasks"][task]["loss"] for results in history] for task in ("y1", "y2")},
+        "gate_weights": gates,
+    }
+
+
+def _census_run(spec: dict[str, Any]) -> dict[str, Any]:
+    from pipeline import data
+    from pipeline.config import DataConfig, ExperimentConfig, ModelConfig, TrainConfig
+    from pipeline.data import census
+    from pipeline.estimator import Estimator
+
+    data_config = DataConfig(source="census", tabular=census.data_config(spec["data_dir"], spec["group"]))
+    model = ModelConfig(
+        architecture=spec["model"],
+        features=data.features(data_config),
+        tasks=data.tasks(data_config),
+        **SIZES,
+    )
+    model = _sized(model, spec["budget"])
+    train = TrainConfig(
+        batch_size=spec["batch_size"],
+        seed=spec["seed"],
+        save_checkpoints_steps=spec["steps"],
+        log_every_steps=spec["steps"],
+    )
+    config = ExperimentConfig(model=model, data=data_config, train=train)
+    with tempfile.TemporaryDirectory() as model_dir:
+        estimator = Estimator(config, model_dir)
+        estimator.train(data.input_fn(config, "train"), spec["steps"])
+        test = estimator.evaluate(data.input_fn(config, "test"), "test")
+    return {
+        **spec,
+        "parameters": estimator.model.count_params(),
+        "test_auc": {task: values["auc"] for task, values in test["tasks"].items()},
+    }
+
+
+def _input_context() -> Any:
+    import tensorflow as tf
+
+    return tf.distribute.InputContext()
+
+
+def run(spec: dict[str, Any]) -> dict[str, Any]:
+    """One run of `spec` (see `planned_runs`), timed."""
+    started = time.perf_counter()
+    result = _synthetic_run(spec) if spec["experiment"] == "synthetic" else _census_run(spec)
+    return {**result, "seconds": round(time.perf_counter() - started, 1)}
+
+
+# -- the plan ------------------------------------------------------------------------------------------------
+
+
+def run_key(spec: dict[str, Any]) -> str:
+    setting = f"p={spec['p']}" if spec["experiment"] == "synthetic" else f"group={spec['group']}"
+    return f"{spec['experiment']}/{setting}/{spec['model']}/{spec['seed']}"
+
+
+def mmoe_parameters(census_group: int | None) -> int:
+    """MMoE's parameter count at the paper's sizes: the budget of PLE and single-task."""
+    from pipeline import data
+    from pipeline.config import DataConfig, FeatureConfig, ModelConfig, TaskConfig
+    from pipeline.data import census
+    from pipeline.models import sizing
+
+    if census_group is None:
+        features, tasks = (
+            (FeatureConfig("inputs", dim=100),),
+            (TaskConfig("y1", "y1"), TaskConfig("y2", "y2")),
+        )
+    else:
+        data_config = DataConfig(source="census", tabular=census.data_config(FLAGS.data_dir, census_group))
+        features, tasks = data.features(data_config), data.tasks(data_config)
+    return sizing.parameter_count(ModelConfig(architecture="mmoe", features=features, tasks=tasks, **SIZES))
+
+
+def planned_runs() -> list[dict[str, Any]]:
+    common = {"batch_size": FLAGS.batch_size}
+    runs = []
+    if "synthetic" in FLAGS.experiments:
+        budget = mmoe_parameters(None)
+        for p in map(float, FLAGS.p):
+            for model in FLAGS.models:
+                for seed in range(1, FLAGS.seeds + 1):
+                    runs.append(
+                        {
+                            "experiment": "synthetic",
+                            "p": p,
+                            "model": model,
+                            "seed": seed,
+                            "budget": budget,
+                            "examples": FLAGS.synthetic_examples,
+                            "steps": FLAGS.synthetic_steps,
+                            "eval_every": FLAGS.eval_every_steps,
+                            **common,
+                        }
+                    )
+    if "census" in FLAGS.experiments:
+        data_dir = str(Path(FLAGS.data_dir).resolve())
+        for group in map(int, FLAGS.census_groups):
+            budget = mmoe_parameters(group)
+            for model in FLAGS.models:
+                for seed in range(1, FLAGS.census_seeds + 1):
+                    runs.append(
+                        {
+                            "experiment": "census",
+                            "group": group,
+                            "model": model,
+                            "seed": seed,
+                            "budget": budget,
+                            "steps": FLAGS.census_steps,
+                            "data_dir": data_dir,
+                            **common,
+                        }
+                    )
+    return runs
+
+
+def _save(results: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_suffix(".json.tmp")
+    staging.write_text(json.dumps(results, indent=1) + "\n")
+    os.replace(staging, path)
+
+
+def execute(runs: list[dict[str, Any]], output: Path, workers: int) -> dict[str, Any]:
+    """Runs what `output` does not hold yet, `workers` at a time, saving each result as it finishes."""
+    results = json.loads(output.read_text()) if output.exists() else {}
+    todo = [spec for spec in runs if run_key(spec) not in results]
+    logging.info("%d runs planned, %d done before, %d to run.", len(runs), len(runs) - len(todo), len(todo))
+    started = time.monotonic()
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(workers, initializer=_start_worker, maxtasksperchild=20) as pool:
+        for done, result in enumerate(pool.imap_unordered(run, todo), start=1):
+            results[run_key(result)] = result
+            _save(results, output)
+            elapsed = time.monotonic() - started
+            remaining = elapsed / done * (len(todo) - done)
+            logging.info(
+                "[%d/%d] %s in %.0fs; ETA %s",
+                done,
+                len(todo),
+                run_key(result),
+                result["seconds"],
+                time.strftime("%H:%M:%S", time.gmtime(remaining)),
+            )
+    return results
+
+
+# -- statistics ---------------------------------------------------------------------------------------------
+
+
+def interval95(values: np.ndarray, seed: int = 0) -> tuple[float, float]:
+    """A 95% percentile-bootstrap interval of the mean (10,000 resamples)."""
+    rng = np.random.default_rng(seed)
+    means = rng.choice(values, size=(10_000, len(values))).mean(axis=1)
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def paired_difference(a: dict[int, float], b: dict[int, float], seed: int = 0) -> dict[str, float]:
+    """`a - b` over the seeds both have: mean, 95% bootstrap interval, and the two-sided p-value of a
+    sign-flip permutation test (whether the difference could be chance)."""
+    seeds = sorted(set(a) & set(b))
+    differences = np.array([a[s] - b[s] for s in seeds])
+    rng = np.random.default_rng(seed)
+    flips = rng.choice([-1.0, 1.0], size=(10_000, len(differences)))
+    null = np.abs((flips * differences).mean(axis=1))
+    low, high = interval95(differences, seed)
+    return {
+        "runs": len(seeds),
+        "mean": float(differences.mean()),
+        "low": low,
+        "high": high,
+        "p_value": float((null >= abs(differences.mean()) - 1e-15).mean()),
+    }
+
+
+def summarise(values: list[float]) -> dict[str, float]:
+    array = np.asarray(values, np.float64)
+    low, high = interval95(array)
+    return {
+        "runs": len(array),
+        "mean": float(array.mean()),
+        "median": float(np.median(array)),
+        "best": float(array.min()),
+        "std": float(array.std(ddof=1)) if len(array) > 1 else 0.0,
+        "low": low,
+        "high": high,
+    }
+
+
+# -- report -------------------------------------------------------------------------------------------------
+
+
+def synthetic_tables(results: dict[str, Any]) -> Iterator[str]:
+    runs = [r for r in results.values() if r["experiment"] == "synthetic"]
+    yield "| p | model | runs | final eval loss, mean [95% interval] | median | best | std |"
+    yield "| --- | --- | --- | --- | --- | --- | --- |"
+    for p in sorted({r["p"] for r in runs}):
+        for model in FLAGS.models:
+            finals = [
+                sum(r["eval_loss"][t][-1] for t in ("y1", "y2"))
+                for r in runs
+                if (r["p"], r["model"]) == (p, model)
+            ]
+            if finals:
+                s = summarise(finals)
+                yield (
+                    f"| {p} | {model} | {s['runs']} | {s['mean']:.5f} [{s['low']:.5f}, {s['high']:.5f}] | "
+                    f"{s['median']:.5f} | {s['best']:.5f} | {s['std']:.5f} |"
+                )
+
+
+def census_tables(results: dict[str, Any]) -> Iterator[str]:
+    runs = [r for r in results.values() if r["experiment"] == "census"]
+    yield "| group | model | task | runs | test AUC best | mean [95% interval] |"
+    yield "| --- | --- | --- | --- | --- | --- |"
+    for group in sorted({r["group"] for r in runs}):
+        mine = [r for r in runs if r["group"] == group]
+        for model in FLAGS.models:
+            for task in sorted(mine[0]["test_auc"]) if mine else []:
+                aucs = [r["test_auc"][task] for r in mine if r["model"] == model]
+                if aucs:
+                    s = summarise(aucs)
+                    yield (
+                        f"| {group} | {model} | {task} | {s['runs']} | {max(aucs):.4f} | "
+                        f"{s['mean']:.4f} [{s['low']:.4f}, {s['high']:.4f}] |"
+                    )
+        for task in sorted(mine[0]["test_auc"]) if mine else []:
+            by_seed = {
+                model: {r["seed"]: r["test_auc"][task] for r in mine if r["model"] == model}
+                for model in ("mmoe", "shared_bottom")
+            }
+            if all(by_seed.values()):
+                d = paired_difference(by_seed["mmoe"], by_seed["shared_bottom"])
+                yield (
+                    f"| {group} | MMoE - shared-bottom | {task} | {d['runs']} | | {d['mean']:+.4f} "
+                    f"[{d['low']:+.4f}, {d['high']:+.4f}], p = {d['p_value']:.3f} |"
+                )
+
+
+def draw(results: dict[str, Any], plots_dir: Path) -> list[Path]:
+    """The paper's Figure 4 (eval loss along training, mean and a 95% band over seeds), Figure 5 (the
+    final losses over seeds) and MMoE's gate weights per task correlation."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = [r for r in results.values() if r["experiment"] == "synthetic"]
+    if not runs:
+        return []
+    ps = sorted({r["p"] for r in runs})
+    models = [m for m in FLAGS.models if any(r["model"] == m for r in runs)]
+    paths = []
+    figure, axes = plt.subplots(1, len(ps), figsize=(4.5 * len(ps), 3.6), squeeze=False, sharey=True)
+    for axis, p in zip(axes[0], ps, strict=True):
+        for model in models:
+            mine = [r for r in runs if (r["p"], r["model"]) == (p, model)]
+            if not mine:
+                continue
+            steps = mine[0]["steps_evaluated"]
+            curves = np.array([np.add(r["eval_loss"]["y1"], r["eval_loss"]["y2"]) for r in mine])
+            mean = curves.mean(axis=0)
+            half = 1.96 * curves.std(axis=0, ddof=1) / math.sqrt(len(mine)) if len(mine) > 1 else 0 * mean
+            axis.plot(steps, mean, label=model)
+            axis.fill_between(steps, mean - half, mean + half, alpha=0.2)
+        axis.set_title(f"p = {p}")
+        axis.set_xlabel("training step")
+        axis.set_yscale("log")
+    axes[0][0].set_ylabel("eval loss (y1 + y2)")
+    axes[0][-1].legend()
+    figure.tight_layout()
+    paths.append(plots_dir / "reproduction_curves.png")
+    figure.savefig(paths[-1], dpi=110)
+    plt.close(figure)
+
+    figure, axes = plt.subplots(1, len(ps), figsize=(4.5 * len(ps), 3.4), squeeze=False, sharey=True)
+    for axis, p in zip(axes[0], ps, strict=True):
+        finals = {
+            model: [
+                sum(r["eval_loss"][t][-1] for t in ("y1", "y2"))
+                for r in runs
+                if (r["p"], r["model"]) == (p, model)
+            ]
+            for model in models
+        }
+        bins = np.histogram_bin_edges(np.concatenate([v for v in finals.values() if v]), bins=15)
+        for model, values in finals.items():
+            axis.hist(values, bins=bins, alpha=0.5, label=model)
+        axis.set_title(f"p = {p}")
+        axis.set_xlabel("final eval loss (y1 + y2)")
+    axes[0][0].set_ylabel("runs")
+    axes[0][-1].legend()
+    figure.tight_layout()
+    paths.append(plots_dir / "reproduction_final_losses.png")
+    figure.savefig(paths[-1], dpi=110)
+    plt.close(figure)
+
+    mmoe = [r for r in runs if r["model"] == "mmoe" and r["gate_weights"]]
+    if mmoe:
+        figure, axes = plt.subplots(1, len(ps), figsize=(4.5 * len(ps), 2.4), squeeze=False)
+        for axis, p in zip(axes[0], ps, strict=True):
+            mine = [r for r in mmoe if r["p"] == p]
+            if not mine:
+                continue
+            # Experts are unordered: sort each run's experts by task y1's weight, so runs can be averaged.
+            weights = []
+            for r in mine:
+                order = np.argsort(r["gate_weights"]["y1"])[::-1]
+                weights.append([np.asarray(r["gate_weights"][t])[order] for t in ("y1", "y2")])
+            image = axis.imshow(np.mean(weights, axis=0), vmin=0, cmap="viridis", aspect="auto")
+            axis.set_yticks([0, 1], ["y1", "y2"])
+            axis.set_xlabel("expert (by y1's weight)")
+            axis.set_title(f"MMoE gates, p = {p}")
+        figure.colorbar(image, ax=axes[0].tolist())
+        paths.append(plots_dir / "reproduction_gates.png")
+        figure.savefig(paths[-1], dpi=110)
+        plt.close(figure)
+    return paths
+
+
+def report(results: dict[str, Any], plots_dir: Path) -> Path:
+    plots_dir.mkdir(parents=True, exist_ok=True)
+    seconds = sum(r["seconds"] for r in results.values())
+    lines = [
+        "## Synthetic data: final eval loss (y1 + y2)",
+        "",
+        *synthetic_tables(results),
+        "",
+        "## Census-income: test AUC",
+        "",
+        *census_tables(results),
+        "",
+        f"{len(results)} runs, {seconds / 3600:.1f} run-hours.",
+    ]
+    tables = plots_dir / TABLES_FILE
+    tables.write_text("\n".join(lines) + "\n")
+    for path in [tables, *draw(results, plots_dir)]:
+        print(f"Wrote {path}", file=sys.stderr)
+    return tables
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    output = Path(FLAGS.output)
+    if FLAGS.report_only:
+        results = json.loads(output.read_text())
+    else:
+        results = execute(planned_runs(), output, FLAGS.workers)
+    print(report(results, Path(FLAGS.plots_dir)).read_text())
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,74 @@
+"""The MMoE-paper reproduction runs end to end in a tiny configuration, writes its results and plots, and
+resumes from its results file."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.cli.commands import _env
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "reproduce_mmoe.py"
+CENSUS = Path(__file__).resolve().parents[3] / "shared" / "data" / "census-income"
+
+
+def _reproduce(tmp_path, *flags: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), f"--output={tmp_path / 'runs.json'}", f"--plots_dir={tmp_path}"]
+        + list(flags),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=_env(),
+    )
+
+
+def test_a_tiny_synthetic_sweep_writes_results_and_plots_and_resumes(tmp_path):
+    flags = [
+        "--experiments=synthetic",
+        "--models=shared_bottom,mmoe",
+        "--p=0.5",
+        "--seeds=2",
+        "--synthetic_examples=500",
+        "--synthetic_steps=20",
+        "--eval_every_steps=10",
+    ]
+    first = _reproduce(tmp_path, *flags)
+    assert first.returncode == 0, first.stderr
+    runs = json.loads((tmp_path / "runs.json").read_text())
+    assert sorted(runs) == [f"synthetic/p=0.5/{m}/{s}" for m in ("mmoe", "shared_bottom") for s in (1, 2)]
+    mmoe = runs["synthetic/p=0.5/mmoe/1"]
+    assert mmoe["steps_evaluated"] == [10, 20] and len(mmoe["eval_loss"]["y1"]) == 2
+    np.testing.assert_allclose([sum(w) for w in mmoe["gate_weights"].values()], [1.0, 1.0], rtol=1e-5)
+    assert runs["synthetic/p=0.5/shared_bottom/1"]["gate_weights"] is None
+    for picture in ("reproduction_curves.png", "reproduction_final_losses.png", "reproduction_gates.png"):
+        assert (tmp_path / picture).read_bytes()[:4] == b"\x89PNG"
+    tables = (tmp_path / "reproduction_tables.md").read_text()
+    assert "| 0.5 | mmoe | 2 |" in tables and "| 0.5 | shared_bottom | 2 |" in tables
+
+    again = _reproduce(tmp_path, *flags, "--seeds=3")  # one more seed: only the new runs train
+    assert again.returncode == 0, again.stderr
+    assert "6 runs planned, 4 done before, 2 to run." in again.stderr
+    assert len(json.loads((tmp_path / "runs.json").read_text())) == 6
+
+
+@pytest.mark.slow
+def test_a_tiny_census_comparison_reports_test_aucs_and_the_paired_difference(tmp_path):
+    flags = [
+        "--experiments=census",
+        "--models=shared_bottom,mmoe",
+        "--census_groups=1",
+        "--census_seeds=2",
+        "--census_steps=10",
+        f"--data_dir={CENSUS}",
+    ]
+    result = _reproduce(tmp_path, *flags)
+    assert result.returncode == 0, result.stderr
+    runs = json.loads((tmp_path / "runs.json").read_text())
+    assert sorted(runs["census/group=1/mmoe/1"]["test_auc"]) == ["income", "marital"]
+    assert "| 1 | MMoE - shared-bottom | income | 2 |" in (tmp_path / "reproduction_tables.md").read_text()

@@ -6,10 +6,13 @@ DEMO_DIR ?= runs/demo
 
 .PHONY: demo test test-slow lint clean
 
-$(BIN)/.installed: pyproject.toml requirements.lock
+# Every downloaded file must match a hash in the locks (requirements-test.lock is requirements.lock plus the
+# test tools). The package itself, editable, has no hash: --no-deps and --no-build-isolation let it bring
+# nothing more, its build backend (setuptools) coming from the locks.
+$(BIN)/.installed: pyproject.toml requirements.lock requirements-test.lock
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -c requirements.lock -e '.[test]'
+	$(BIN)/pip install --quiet --require-hashes -r requirements.lock -r requirements-test.lock
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation --check-build-dependencies -e .
 	touch $@
 
 demo: $(BIN)/.installed

@@ -31,7 +31,23 @@ from typing import Any
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
+
+from pipeline import data  # noqa: E402
+from pipeline.config import (  # noqa: E402
+    DataConfig,
+    ExperimentConfig,
+    FeatureConfig,
+    ModelConfig,
+    SyntheticDataConfig,
+    TaskConfig,
+    TrainConfig,
+)
+from pipeline.data import census, synthetic  # noqa: E402
+from pipeline.estimator import Estimator  # noqa: E402
+from pipeline.experts_report import gate_statistics  # noqa: E402
+from pipeline.models import sizing  # noqa: E402
 
 flags.DEFINE_list("experiments", ["synthetic", "census"], "Which experiments: synthetic, census.")
 flags.DEFINE_list("models", ["shared_bottom", "omoe", "mmoe", "ple", "single_task"], "Architectures.")
@@ -60,52 +76,33 @@ TABLES_FILE = "reproduction_tables.md"
 
 def _start_worker() -> None:
     """One thread per run, so `--workers` runs share the cores without oversubscribing them."""
-    import tensorflow as tf
-
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(1)
     logging.set_verbosity(logging.WARNING)
 
 
-def _sized(model: Any, budget: int | None) -> Any:
-    from pipeline.models import sizing
-
-    if budget is None or model.architecture not in ("ple", "single_task"):
-        return model
-    return sizing.fit_to_budget(model, budget)
-
-
-def _synthetic_run(spec: dict[str, Any]) -> dict[str, Any]:
-    from pipeline import data
-    from pipeline.config import (
-        DataConfig,
-        ExperimentConfig,
-        ModelConfig,
-        SyntheticDataConfig,
-        TaskConfig,
-        TrainConfig,
-    )
-    from pipeline.data import synthetic
-    from pipeline.estimator import Estimator
-    from pipeline.experts_report import gate_statistics
-
-    synthetic_config = SyntheticDataConfig(
-        num_examples=spec["examples"], eval_examples=spec["examples"] // 5, p=spec["p"], seed=spec["seed"]
-    )
-    model = ModelConfig(
-        architecture=spec["model"],
-        features=synthetic.features(synthetic_config),
-        tasks=(TaskConfig("y1", "y1"), TaskConfig("y2", "y2")),
-        **SIZES,
-    )
-    model = _sized(model, spec["budget"])
+def _experiment(spec: dict[str, Any], data_config: DataConfig, features: Any, tasks: Any) -> ExperimentConfig:
+    """The run's experiment: the paper's sizes, or for PLE and single-task MMoE's parameter count."""
+    model = ModelConfig(architecture=spec["model"], features=features, tasks=tasks, **SIZES)
+    if model.architecture in ("ple", "single_task"):
+        model = sizing.fit_to_budget(model, spec["budget"])
     train = TrainConfig(
         batch_size=spec["batch_size"],
         seed=spec["seed"],
         save_checkpoints_steps=spec["steps"],
         log_every_steps=spec["steps"],
     )
-    config = ExperimentConfig(model=model, data=DataConfig(synthetic=synthetic_config), train=train)
+    return ExperimentConfig(model=model, data=data_config, train=train)
+
+
+def _synthetic_run(spec: dict[str, Any]) -> dict[str, Any]:
+    synthetic_config = SyntheticDataConfig(
+        num_examples=spec["examples"], eval_examples=spec["examples"] // 5, p=spec["p"], seed=spec["seed"]
+    )
+    tasks = (TaskConfig("y1", "y1"), TaskConfig("y2", "y2"))
+    config = _experiment(
+        spec, DataConfig(synthetic=synthetic_config), synthetic.features(synthetic_config), tasks
+    )
     with tempfile.TemporaryDirectory() as model_dir:
         estimator = Estimator(config, model_dir)
         eval_input = data.input_fn(config, "eval")
@@ -115,7 +112,7 @@ def _synthetic_run(spec: dict[str, Any]) -> dict[str, Any]:
         history = json.loads((Path(model_dir) / "eval_history.json").read_text())
         gates = None
         if estimator.model.has_gates:
-            batches = (inputs for inputs, _, _ in eval_input(_input_context(), 0))
+            batches = (inputs for inputs, _, _ in eval_input(tf.distribute.InputContext(), 0))
             gates = {
                 gate: values["mean_weights"]
                 for gate, values in gate_statistics(estimator.model, batches)["gates"].items()
@@ -130,26 +127,8 @@ def _synthetic_run(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _census_run(spec: dict[str, Any]) -> dict[str, Any]:
-    from pipeline import data
-    from pipeline.config import DataConfig, ExperimentConfig, ModelConfig, TrainConfig
-    from pipeline.data import census
-    from pipeline.estimator import Estimator
-
     data_config = DataConfig(source="census", tabular=census.data_config(spec["data_dir"], spec["group"]))
-    model = ModelConfig(
-        architecture=spec["model"],
-        features=data.features(data_config),
-        tasks=data.tasks(data_config),
-        **SIZES,
-    )
-    model = _sized(model, spec["budget"])
-    train = TrainConfig(
-        batch_size=spec["batch_size"],
-        seed=spec["seed"],
-        save_checkpoints_steps=spec["steps"],
-        log_every_steps=spec["steps"],
-    )
-    config = ExperimentConfig(model=model, data=data_config, train=train)
+    config = _experiment(spec, data_config, data.features(data_config), data.tasks(data_config))
     with tempfile.TemporaryDirectory() as model_dir:
         estimator = Estimator(config, model_dir)
         estimator.train(data.input_fn(config, "train"), spec["steps"])
@@ -159,12 +138,6 @@ def _census_run(spec: dict[str, Any]) -> dict[str, Any]:
         "parameters": estimator.model.count_params(),
         "test_auc": {task: values["auc"] for task, values in test["tasks"].items()},
     }
-
-
-def _input_context() -> Any:
-    import tensorflow as tf
-
-    return tf.distribute.InputContext()
 
 
 def run(spec: dict[str, Any]) -> dict[str, Any]:
@@ -184,11 +157,6 @@ def run_key(spec: dict[str, Any]) -> str:
 
 def mmoe_parameters(census_group: int | None) -> int:
     """MMoE's parameter count at the paper's sizes: the budget of PLE and single-task."""
-    from pipeline import data
-    from pipeline.config import DataConfig, FeatureConfig, ModelConfig, TaskConfig
-    from pipeline.data import census
-    from pipeline.models import sizing
-
     if census_group is None:
         features, tasks = (
             (FeatureConfig("inputs", dim=100),),
@@ -201,45 +169,30 @@ def mmoe_parameters(census_group: int | None) -> int:
 
 
 def planned_runs() -> list[dict[str, Any]]:
-    common = {"batch_size": FLAGS.batch_size}
+    """Every run of the reproduction: a spec each (what `run` needs), in the order they are started."""
     runs = []
     if "synthetic" in FLAGS.experiments:
-        budget = mmoe_parameters(None)
-        for p in map(float, FLAGS.p):
-            for model in FLAGS.models:
-                for seed in range(1, FLAGS.seeds + 1):
-                    runs.append(
-                        {
-                            "experiment": "synthetic",
-                            "p": p,
-                            "model": model,
-                            "seed": seed,
-                            "budget": budget,
-                            "examples": FLAGS.synthetic_examples,
-                            "steps": FLAGS.synthetic_steps,
-                            "eval_every": FLAGS.eval_every_steps,
-                            **common,
-                        }
-                    )
+        setting = {
+            "experiment": "synthetic",
+            "budget": mmoe_parameters(None),
+            "examples": FLAGS.synthetic_examples,
+            "steps": FLAGS.synthetic_steps,
+            "eval_every": FLAGS.eval_every_steps,
+        }
+        runs += [{**setting, "p": float(p)} for p in FLAGS.p]
     if "census" in FLAGS.experiments:
         data_dir = str(Path(FLAGS.data_dir).resolve())
         for group in map(int, FLAGS.census_groups):
-            budget = mmoe_parameters(group)
-            for model in FLAGS.models:
-                for seed in range(1, FLAGS.census_seeds + 1):
-                    runs.append(
-                        {
-                            "experiment": "census",
-                            "group": group,
-                            "model": model,
-                            "seed": seed,
-                            "budget": budget,
-                            "steps": FLAGS.census_steps,
-                            "data_dir": data_dir,
-                            **common,
-                        }
-                    )
-    return runs
+            setting = {"experiment": "census", "budget": mmoe_parameters(group), "steps": FLAGS.census_steps}
+            runs.append({**setting, "group": group, "data_dir": data_dir})
+    return [
+        {**setting, "model": model, "seed": seed, "batch_size": FLAGS.batch_size}
+        for setting in runs
+        for model in FLAGS.models
+        for seed in range(
+            1, (FLAGS.seeds if setting["experiment"] == "synthetic" else FLAGS.census_seeds) + 1
+        )
+    ]
 
 
 def _save(results: dict[str, Any], path: Path) -> None:

@@ -257,8 +257,37 @@ flags.DEFINE_float(
     "file_system_poll_wait_seconds", 1.0, "serve: seconds between looks for new versions (0: never)."
 )
 flags.DEFINE_boolean("enable_model_warmup", True, "serve: replay assets.extra warmup requests on load.")
-flags.DEFINE_integer("rest_api_timeout_in_ms", 30_000, "serve: REST requests running longer get a 504.")
+flags.DEFINE_integer(
+    "rest_api_timeout_in_ms",
+    30_000,
+    "serve: REST requests running longer get a 504, bodies arriving slower a 408.",
+)
 flags.DEFINE_integer("max_request_bytes", 64 * 2**20, "serve: REST bodies larger than this get a 413.")
+flags.DEFINE_integer(
+    "max_request_elements",
+    ServerOptions.max_request_elements,
+    "serve: requests whose tensors hold or declare more values than this get a 413 / RESOURCE_EXHAUSTED.",
+)
+flags.DEFINE_integer(
+    "max_num_load_retries",
+    ServerOptions.max_num_load_retries,
+    "serve: retries of a version that failed to load (0: load it once).",
+)
+flags.DEFINE_integer(
+    "load_retry_interval_micros",
+    ServerOptions.load_retry_interval_micros,
+    "serve: microseconds between retries of a failed load.",
+)
+flags.DEFINE_float(
+    "idle_timeout_seconds",
+    ServerOptions.idle_timeout_seconds,
+    "serve: connections with no request in progress (REST: or still sending headers) close after this.",
+)
+flags.DEFINE_integer(
+    "max_connections",
+    ServerOptions.max_connections,
+    "serve: open connections per protocol (and gRPC calls in progress); further ones wait or are refused.",
+)
 flags.DEFINE_string(
     "monitoring_config_file",
     None,
@@ -648,9 +677,14 @@ def server_options() -> ServerOptions:
         poll_seconds=FLAGS.file_system_poll_wait_seconds,
         warmup=FLAGS.enable_model_warmup,
         max_request_bytes=FLAGS.max_request_bytes,
+        max_request_elements=FLAGS.max_request_elements,
         rest_timeout_ms=FLAGS.rest_api_timeout_in_ms,
+        idle_timeout_seconds=FLAGS.idle_timeout_seconds,
+        max_connections=FLAGS.max_connections,
         metrics_path=metrics_path,
         batching=batching,
+        max_num_load_retries=FLAGS.max_num_load_retries,
+        load_retry_interval_micros=FLAGS.load_retry_interval_micros,
     )
 
 
@@ -776,6 +810,11 @@ HELP_GROUPS: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
             "enable_model_warmup",
             "rest_api_timeout_in_ms",
             "max_request_bytes",
+            "max_request_elements",
+            "idle_timeout_seconds",
+            "max_connections",
+            "max_num_load_retries",
+            "load_retry_interval_micros",
             "monitoring_config_file",
             "enable_batching",
             "batching_parameters_file",

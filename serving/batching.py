@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -21,6 +22,7 @@ import numpy as np
 
 from serving.config import BatchingOptions
 from serving.errors import ServingError, invalid_argument
+from serving.fair_executor import WorkerThreads, settle
 
 RunBatch = Callable[[str, Mapping[str, np.ndarray]], dict[str, np.ndarray]]
 Outputs = dict[str, np.ndarray]
@@ -56,8 +58,9 @@ class _Batch:
         self.closed = False  # full, or followed by a newer batch of the same key: it runs as it is
 
 
-class BatchScheduler:
-    """Merges concurrent `submit` calls into batches run by `options.num_batch_threads` threads.
+class BatchScheduler(WorkerThreads):
+    """Merges concurrent `submit` calls into batches run by `options.num_batch_threads` threads; after
+    `close()` (which runs what is queued) requests run unbatched in the caller's thread.
 
     Args:
         run_batch: runs a signature on a whole batch; every output must keep the batch as dimension 0.
@@ -68,18 +71,11 @@ class BatchScheduler:
     def __init__(self, run_batch: RunBatch, options: BatchingOptions, name: str = "batch") -> None:
         self._run_batch = run_batch
         self.options = options
-        self._condition = threading.Condition()
         self._queue: collections.deque[_Batch] = collections.deque()
         self._open: dict[tuple, _Batch] = {}
-        self._closing = False
         self.batches_run = 0  # model calls made, and the requests they served: for tests and monitoring
         self.requests_run = 0
-        self._threads = [
-            threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True)
-            for i in range(options.num_batch_threads)
-        ]
-        for thread in self._threads:
-            thread.start()
+        super().__init__(options.num_batch_threads, name)
 
     def submit(self, signature_name: str, inputs: Mapping[str, np.ndarray]) -> Outputs:
         """Runs `inputs` (checked inputs of the signature, batch first) within a batch; blocks until done.
@@ -106,16 +102,7 @@ class BatchScheduler:
         """`submit` for an event loop: the loop goes on serving while the batch fills and runs."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-
-        def settle(outputs: Outputs | None, error: BaseException | None) -> None:
-            if future.done():  # the request was cancelled (timed out) meanwhile
-                return
-            if error is not None:
-                future.set_exception(error)
-            else:
-                future.set_result(outputs)
-
-        self._enqueue(signature_name, inputs, settle, loop)
+        self._enqueue(signature_name, inputs, functools.partial(settle, future), loop)
         return await future
 
     def _enqueue(
@@ -153,14 +140,6 @@ class BatchScheduler:
                 self._condition.notify()
                 return
         self._run_tasks(signature_name, [task])  # closing: run it here, unbatched
-
-    def close(self) -> None:
-        """Runs what is queued, then stops the threads; later requests run unbatched."""
-        with self._condition:
-            self._closing = True
-            self._condition.notify_all()
-        for thread in self._threads:
-            thread.join()
 
     # -- batch threads ----------------------------------------------------------------------------
 
@@ -237,8 +216,8 @@ def _hand_over(results: list[tuple[_Task, Outputs | None, BaseException | None]]
 
 
 def _settle_all(settles: list) -> None:
-    for settle, outputs, error in settles:
-        settle(outputs, error)
+    for on_done, outputs, error in settles:
+        on_done(outputs, error)
 
 
 def _batch_size(inputs: Mapping[str, np.ndarray]) -> int:

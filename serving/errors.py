@@ -27,10 +27,24 @@ HTTP_STATUS = {
 }
 
 
+MAX_MESSAGE_CHARS = 1024  # TF Serving truncates longer error messages
+MAX_SHOWN_CHARS = 100  # of a client's value quoted in a message
+
+
+def shown(text: str, limit: int = MAX_SHOWN_CHARS) -> str:
+    """`text` as a message quotes it: whole when short, else its start and how long it was (a client that
+    sends 10 MB must not get them back)."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}...({len(text)} characters)"
+
+
 class ServingError(Exception):
-    """A request failed with `code` (a `grpc.StatusCode`) and a message worded as TF Serving words it."""
+    """A request failed with `code` (a `grpc.StatusCode`) and a message worded as TF Serving words it,
+    truncated to `MAX_MESSAGE_CHARS`."""
 
     def __init__(self, code: grpc.StatusCode, message: str, http_status: int | None = None) -> None:
+        message = message[:MAX_MESSAGE_CHARS]
         super().__init__(message)
         self.code = code
         self.message = message
@@ -43,6 +57,12 @@ def invalid_argument(message: str) -> ServingError:
 
 def not_found(message: str) -> ServingError:
     return ServingError(grpc.StatusCode.NOT_FOUND, message)
+
+
+def too_large(message: str) -> ServingError:
+    """RESOURCE_EXHAUSTED, as gRPC answers an oversize message; over REST a 413 (TF Serving's table would
+    say 429, which tells a client to retry later, when it must send less instead)."""
+    return ServingError(grpc.StatusCode.RESOURCE_EXHAUSTED, message, http_status=413)
 
 
 class ServingConfigError(ValueError):

@@ -1,35 +1,44 @@
 """The gRPC frontend: TF Serving's PredictionService and ModelService, from `tensorflow-serving-api`.
 
-The servicers run on a `grpc.aio` server, in the event loop the REST frontend shares: a request waiting for
-its batch, or for a large unbatched call in the thread pool, holds no thread, as it would with a thread per
+The servicers run on a `grpc.aio` server in an event loop of their own: a request waiting for its batch, or
+for its model call in the gRPC lane of the model threads, holds no thread, as it would with a thread per
 request (dozens of threads contending for the GIL cost more CPU than the requests themselves).
+The methods are registered from the services' descriptors with the request left as bytes, so that bytes
+that are no request of the method get INVALID_ARGUMENT, not the UNKNOWN gRPC's own deserializer answers.
+A request's tensors are checked (dtype, shape, how many values they declare) before their values are read.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable, Callable
-from concurrent.futures import Executor
 from typing import Any
 
 import grpc
 from absl import logging
+from google.protobuf import descriptor, message, message_factory
 from tensorflow_serving.apis import (
     get_model_metadata_pb2,
     get_model_status_pb2,
     model_pb2,
+    model_service_pb2,
     model_service_pb2_grpc,
     predict_pb2,
+    prediction_service_pb2,
     prediction_service_pb2_grpc,
 )
 
-from serving.errors import ServingError, invalid_argument
+from serving.errors import ServingError, invalid_argument, shown
+from serving.fair_executor import INLINE_BYTES, Lane
+from serving.limits import check_elements
 from serving.manager import ModelManager
 from serving.metrics import ServingMetrics
 from serving.responses import SIGNATURE_DEF_FIELD, metadata_response, status_response
 from serving.servable import DEFAULT_SIGNATURE, PREDICT_METHOD, Servable
-from serving.tensors import to_ndarray, to_tensor_proto
+from serving.tensors import declared_shape, request_dtype, to_ndarray, to_tensor_proto
 
-MAX_MESSAGE_CHARS = 1024  # TF Serving truncates longer error messages
+PREDICTION_SERVICE = prediction_service_pb2.DESCRIPTOR.services_by_name["PredictionService"]
+MODEL_SERVICE = model_service_pb2.DESCRIPTOR.services_by_name["ModelService"]
 
 
 def _braces(names: set[str]) -> str:
@@ -40,10 +49,11 @@ async def _call(context: grpc.aio.ServicerContext, answer: Awaitable[Any]) -> An
     try:
         return await answer
     except ServingError as error:
-        await context.abort(error.code, error.message[:MAX_MESSAGE_CHARS])
+        failure = error
     except Exception as error:  # a bug must cost one request, never the server
         logging.exception("gRPC request failed")
-        await context.abort(grpc.StatusCode.INTERNAL, f"Internal error: {error}"[:MAX_MESSAGE_CHARS])
+        failure = ServingError(grpc.StatusCode.INTERNAL, f"Internal error: {error}")
+    await context.abort(failure.code, failure.message)
 
 
 async def _unimplemented(request: Any, context: grpc.aio.ServicerContext) -> None:
@@ -61,13 +71,62 @@ def _resolve(manager: ModelManager, spec: model_pb2.ModelSpec) -> Servable:
     return manager.servable(spec.name, version, spec.version_label or None)
 
 
-class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
-    """Predict and GetModelMetadata; Classify, Regress and MultiInference answer UNIMPLEMENTED."""
+def _tensor_error(alias: str, error: ValueError) -> ServingError:
+    """TF Serving's message for a tensor it cannot read, with what was wrong."""
+    return invalid_argument(f"tensor parsing error: {alias} ({shown(str(error), 300)})")
 
-    def __init__(self, manager: ModelManager, metrics: ServingMetrics, executor: Executor) -> None:
+
+def _method_handler(
+    method: descriptor.MethodDescriptor, implementation: Callable[..., Awaitable[Any]], lane: Lane
+) -> grpc.RpcMethodHandler:
+    request_class = message_factory.GetMessageClass(method.input_type)
+
+    async def handle(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            if len(raw) <= INLINE_BYTES:
+                request = request_class.FromString(raw)
+            else:  # parsing it would hold up every other request in the loop meanwhile
+                request = await lane.run(request_class.FromString, raw)
+        except message.DecodeError as error:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"Failed to parse the request as a {method.input_type.full_name}: {error}",
+            )
+        return await implementation(request, context)
+
+    return grpc.unary_unary_rpc_method_handler(
+        handle, request_deserializer=None, response_serializer=lambda response: response.SerializeToString()
+    )
+
+
+def add_servicer(
+    server: grpc.aio.Server, servicer: Any, service: descriptor.ServiceDescriptor, lane: Lane
+) -> None:
+    """Serves every method of `service` with `servicer`'s method of the same name."""
+    handlers = {
+        method.name: _method_handler(method, getattr(servicer, method.name), lane)
+        for method in service.methods
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
+
+
+class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
+    """Predict and GetModelMetadata; Classify, Regress and MultiInference answer UNIMPLEMENTED.
+
+    Args:
+        manager: the served models.
+        metrics: where request counts and latencies go.
+        lane: the gRPC lane of the model threads.
+        max_request_elements: requests whose tensors declare more values than this get RESOURCE_EXHAUSTED.
+    """
+
+    def __init__(
+        self, manager: ModelManager, metrics: ServingMetrics, lane: Lane, max_request_elements: int
+    ) -> None:
         self.manager = manager
         self.metrics = metrics
-        self.executor = executor
+        self.lane = lane
+        self.max_request_elements = max_request_elements
 
     async def Predict(  # noqa: N802
         self, request: predict_pb2.PredictRequest, context: grpc.aio.ServicerContext
@@ -85,7 +144,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
             if signature is None:
                 raise ServingError(
                     grpc.StatusCode.FAILED_PRECONDITION,
-                    f'Serving signature key "{signature_name}" not found.',
+                    f'Serving signature key "{shown(signature_name)}" not found.',
                 )
             if signature.method_name != PREDICT_METHOD:
                 raise invalid_argument(
@@ -103,15 +162,12 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
             for alias in request.output_filter:
                 if alias not in signature.outputs:
                     raise invalid_argument(
-                        f"output tensor alias not found in signature: {alias} Outputs expected to be in "
-                        f"the set {_braces(set(signature.outputs))}."
+                        f"output tensor alias not found in signature: {shown(alias)} Outputs expected to be "
+                        f"in the set {_braces(set(signature.outputs))}."
                     )
-            try:
-                inputs = {alias: to_ndarray(proto) for alias, proto in request.inputs.items()}
-            except (TypeError, ValueError) as error:
-                raise invalid_argument(f"Invalid input tensor: {error}") from None
+            inputs = self._inputs(servable, signature_name, request)
             outputs = await servable.run_async(
-                signature_name, inputs, tuple(request.output_filter), self.executor
+                signature_name, inputs, tuple(request.output_filter), self.lane
             )
             response = predict_pb2.PredictResponse()
             response.model_spec.name = servable.name
@@ -120,6 +176,27 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
             for alias, value in outputs.items():
                 response.outputs[alias].CopyFrom(to_tensor_proto(value))
             return response
+
+    def _inputs(
+        self, servable: Servable, signature_name: str, request: predict_pb2.PredictRequest
+    ) -> dict[str, Any]:
+        """The request's tensors as arrays, once their dtypes, shapes and sizes are known to be fine."""
+        elements = 0
+        for alias, proto in sorted(request.inputs.items()):
+            try:
+                dtype, shape = request_dtype(proto), declared_shape(proto)
+            except ValueError as error:
+                raise _tensor_error(alias, error) from None
+            servable.check_input(signature_name, alias, dtype, shape)
+            elements += math.prod(shape)
+        check_elements(elements, self.max_request_elements)
+        inputs = {}
+        for alias, proto in request.inputs.items():
+            try:
+                inputs[alias] = to_ndarray(proto)
+            except ValueError as error:
+                raise _tensor_error(alias, error) from None
+        return inputs
 
     Classify = Regress = MultiInference = staticmethod(_unimplemented)  # noqa: N815
 
@@ -137,7 +214,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
             raise invalid_argument("GetModelMetadataRequest must specify at least one metadata_field")
         for field in request.metadata_field:
             if field != SIGNATURE_DEF_FIELD:
-                raise invalid_argument(f"Metadata field {field} is not supported")
+                raise invalid_argument(f"Metadata field {shown(field)} is not supported")
         with self.metrics.observe(request.model_spec.name, "metadata", "GRPC"):
             return metadata_response(_resolve(self.manager, request.model_spec))
 

@@ -1,17 +1,36 @@
 """TF Serving's on-disk and wire conventions, which exporters and servers must agree on.
 
-A model's base path holds one folder per version, named by its integer version; a version's warmup
-requests are `PredictionLog` records in `assets.extra/tf_serving_warmup_requests`; gRPC messages may be as
-large as a signed 32-bit length allows.
+A model's base path holds one folder per version, named by its integer version in plain ASCII decimal
+(`108`, not `0108` or `١٠٨`), at most the largest int64: the folder of version `v` is `<base>/<v>`,
+whoever computes it. An exporter writes a version under a name starting with `EXPORT_TEMP_PREFIX` and
+renames it into place once complete. A version's warmup requests are `PredictionLog` records in
+`assets.extra/tf_serving_warmup_requests`; gRPC messages may be as large as a signed 32-bit length allows.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 WARMUP_FILE = Path("assets.extra") / "tf_serving_warmup_requests"
 MAX_GRPC_MESSAGE_BYTES = 2**31 - 1  # TF Serving accepts messages up to INT32_MAX; gRPC's default is 4 MiB
+EXPORT_TEMP_PREFIX = ".tmp-"
+MAX_VERSION = 2**63 - 1
+_VERSION_NAME = re.compile(r"0|[1-9][0-9]{0,18}", re.ASCII)
+
+
+def version_number(name: str) -> int | None:
+    """The version a folder name is, or None when it is not one."""
+    if not _VERSION_NAME.fullmatch(name) or int(name) > MAX_VERSION:
+        return None
+    return int(name)
+
+
+def looks_like_a_version(name: str) -> bool:
+    """A name that holds a digit but is not a version (`0108`, `١٠٨`, `v2`, beyond int64): worth a warning,
+    as someone probably meant it to be served; hidden names (an export in progress) are not."""
+    return not name.startswith(".") and version_number(name) is None and any(c.isdigit() for c in name)
 
 
 def versions(base_path: str | os.PathLike) -> list[int]:
@@ -19,4 +38,5 @@ def versions(base_path: str | os.PathLike) -> list[int]:
     base = Path(base_path)
     if not base.is_dir():
         return []
-    return sorted(int(p.name) for p in base.iterdir() if p.name.isdigit() and p.is_dir())
+    found = (version_number(p.name) for p in base.iterdir() if p.is_dir())
+    return sorted(v for v in found if v is not None)

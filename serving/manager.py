@@ -1,27 +1,59 @@
 """Keeps the served versions of every model in line with what is on disk.
 
-A poll lists the integer-named versions under each base path, loads (and warms up) the versions the policy
-wants before unloading the ones it no longer wants, then swaps the table requests read. A request that
-already holds a servable finishes on it, so a new version appears with no failed request.
+A poll lists the version folders under each base path, loads (and warms up) the versions the policy wants
+before unloading the ones it no longer wants, then swaps the table requests read. A request that already
+holds a servable finishes on it, so a new version appears with no failed request.
+
+As in TF Serving, a version that fails to load is retried (`LoadRetries`) while the versions serving stay;
+one that never loads is reported in its status. A folder that looks like a version but is not a plain one
+(`0108`, `١٠٨`, beyond int64) is ignored with one warning; a base path with no version is warned about at
+most once a minute; an export's temporary folder left behind by a killed export is removed once stale.
+What the manager remembers is bounded by what is on disk, plus `MAX_ENDED_STATUSES` ended versions.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import threading
 import time
 from collections.abc import Iterable
+from pathlib import Path
 
 import tensorflow as tf
 from absl import logging
 from tensorflow_serving.apis import prediction_log_pb2
 
 from serving.config import BatchingOptions, ModelSource
-from serving.errors import invalid_argument, not_found
-from serving.layout import WARMUP_FILE, versions
+from serving.errors import MAX_MESSAGE_CHARS, ServingConfigError, invalid_argument, not_found, shown
+from serving.layout import (
+    EXPORT_TEMP_PREFIX,
+    MAX_VERSION,
+    WARMUP_FILE,
+    looks_like_a_version,
+    version_number,
+)
 from serving.servable import Servable
 
 MAX_WARMUP_RECORDS = 1000
+MAX_ENDED_STATUSES = 16  # per model: versions that were served (or failed) and are gone from disk
+NO_VERSIONS_WARNING_SECONDS = 60.0
+STALE_EXPORT_SECONDS = 600.0  # an export still writing touches its files more often than this
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadRetries:
+    """TF Serving's `--max_num_load_retries` and `--load_retry_interval_micros`, with its defaults: a
+    failed load is tried again this many times, this long apart (0: at once)."""
+
+    max_num_load_retries: int = 5
+    load_retry_interval_micros: int = 60 * 1000 * 1000
+
+    def __post_init__(self) -> None:
+        if self.max_num_load_retries < 0:
+            raise ServingConfigError(
+                f"max_num_load_retries must be 0 or more. Received: `{self.max_num_load_retries}`"
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +64,14 @@ class VersionStatus:
     state: str  # LOADING, AVAILABLE, UNLOADING or END, as TF Serving's ModelVersionStatus.State
     error_code: str = "OK"
     error_message: str = ""
+
+
+@dataclasses.dataclass
+class _Failure:
+    """Failed loads of one version: how many so far, and when the next may start (None: given up)."""
+
+    attempts: int
+    retry_at: float | None
 
 
 def _warm_up(servable: Servable) -> int:
@@ -49,6 +89,14 @@ def _warm_up(servable: Servable) -> int:
     return count
 
 
+def _newest_change(path: Path) -> float:
+    """The latest modification time of `path` and everything under it."""
+    newest = path.stat().st_mtime
+    for child in path.rglob("*"):
+        newest = max(newest, child.lstat().st_mtime)
+    return newest
+
+
 class ModelManager:
     """The table of servable versions, refreshed from disk.
 
@@ -56,16 +104,30 @@ class ModelManager:
         sources: the models to serve.
         warmup: replay `assets.extra/tf_serving_warmup_requests` before a version becomes available.
         batching: batch concurrent requests to each version with these parameters (None: no batching).
+        retries: how failed loads are retried.
+        stale_export_seconds: an export's temporary folder unchanged for this long is removed.
     """
 
     def __init__(
-        self, sources: Iterable[ModelSource], warmup: bool = True, batching: BatchingOptions | None = None
+        self,
+        sources: Iterable[ModelSource],
+        warmup: bool = True,
+        batching: BatchingOptions | None = None,
+        retries: LoadRetries = LoadRetries(),
+        stale_export_seconds: float = STALE_EXPORT_SECONDS,
     ) -> None:
         self._sources = {source.name: source for source in sources}
+        if not self._sources:
+            raise ServingConfigError("No model to serve: give a model base path or a model config file.")
         self._warmup = warmup
         self._batching = batching
+        self._retries = retries
+        self._stale_export_seconds = stale_export_seconds
         self._servables: dict[str, dict[int, Servable]] = {name: {} for name in self._sources}
         self._statuses: dict[str, dict[int, VersionStatus]] = {name: {} for name in self._sources}
+        self._failures: dict[str, dict[int, _Failure]] = {name: {} for name in self._sources}
+        self._warned_names: dict[str, set[str]] = {name: set() for name in self._sources}
+        self._no_versions_warned_at: dict[str, float] = {}
         self._refresh_lock = threading.Lock()
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
@@ -74,12 +136,91 @@ class ModelManager:
     def model_names(self) -> list[str]:
         return sorted(self._sources)
 
+    # -- the base path ----------------------------------------------------------------------------
+
+    def _on_disk(self, source: ModelSource) -> list[int] | None:
+        """The versions under the source's base path, after warning once about each folder that looks
+        like a version but is not one and removing stale temporary export folders; None when the base
+        path cannot be read (missing, or out of file descriptors), which is no reason to unload anything."""
+        base = source.base_path
+        try:
+            children = [child for child in base.iterdir() if child.is_dir()]
+        except FileNotFoundError:
+            self._warn_no_versions(source, f"Could not find base path {base} for servable {source.name}")
+            return None
+        except OSError as error:
+            self._warn_no_versions(
+                source, f"Could not list base path {base} for servable {source.name}: {error}"
+            )
+            return None
+        warned = self._warned_names[source.name]
+        found = []
+        for child in children:
+            if (version := version_number(child.name)) is not None:
+                found.append(version)
+            elif child.name.startswith(EXPORT_TEMP_PREFIX):
+                self._remove_if_stale(source, child)
+            elif looks_like_a_version(child.name) and child.name not in warned:
+                warned.add(child.name)
+                logging.warning(
+                    "Ignoring %s under the base path of %s: a version folder is named by its number in plain "
+                    "ASCII digits, without leading zeros, at most %d.",
+                    child,
+                    source.name,
+                    MAX_VERSION,
+                )
+        self._warned_names[source.name] = warned & {child.name for child in children}
+        if not found:
+            self._warn_no_versions(
+                source, f"No versions of servable {source.name} found under base path {base}"
+            )
+        return sorted(found)
+
+    def _warn_no_versions(self, source: ModelSource, message: str) -> None:
+        now = time.monotonic()
+        if now - self._no_versions_warned_at.get(source.name, -NO_VERSIONS_WARNING_SECONDS) >= (
+            NO_VERSIONS_WARNING_SECONDS
+        ):
+            self._no_versions_warned_at[source.name] = now
+            logging.warning("%s (repeated at most every %.0f s)", message, NO_VERSIONS_WARNING_SECONDS)
+
+    def _remove_if_stale(self, source: ModelSource, folder: Path) -> None:
+        """Removes an export's temporary folder that has not changed for `stale_export_seconds`: the export
+        that wrote it was killed (one still running would have renamed or removed it by then)."""
+        try:
+            if time.time() - _newest_change(folder) < self._stale_export_seconds:
+                return
+            shutil.rmtree(folder)
+        except OSError as error:
+            if folder.name not in self._warned_names[source.name]:
+                self._warned_names[source.name].add(folder.name)
+                logging.warning("Could not remove the stale partial export %s: %s", folder, error)
+            return
+        logging.info(
+            "Removed %s, a partial export of %s left by an export that did not finish", folder, source.name
+        )
+
     # -- loading ----------------------------------------------------------------------------------
 
     def _set_status(self, name: str, status: VersionStatus) -> None:
         statuses = dict(self._statuses[name])
         statuses[status.version] = status
         self._statuses[name] = statuses
+
+    def _forget_gone(self, name: str, on_disk: list[int]) -> None:
+        """Drops what is remembered of versions gone from disk, keeping the newest `MAX_ENDED_STATUSES`
+        ended ones for GetModelStatus."""
+        present = set(on_disk) | set(self._servables[name])
+        self._failures[name] = {v: f for v, f in self._failures[name].items() if v in present}
+        gone = sorted(v for v in self._statuses[name] if v not in present)
+        if len(gone) > MAX_ENDED_STATUSES:
+            dropped = set(gone[:-MAX_ENDED_STATUSES])
+            self._statuses[name] = {v: s for v, s in self._statuses[name].items() if v not in dropped}
+
+    def _due(self, name: str, version: int) -> bool:
+        """Whether a load of the version may start now: never tried, or its retry is due."""
+        failure = self._failures[name].get(version)
+        return failure is None or (failure.retry_at is not None and time.monotonic() >= failure.retry_at)
 
     def _load(self, source: ModelSource, version: int) -> Servable | None:
         self._set_status(source.name, VersionStatus(version, "LOADING"))
@@ -91,9 +232,9 @@ class ModelManager:
         except Exception as error:  # a broken export must not take the server down
             if servable is not None:
                 servable.close()
-            logging.error("Failed to load %s version %d: %s", source.name, version, error)
-            self._set_status(source.name, VersionStatus(version, "END", "UNKNOWN", str(error)[:1024]))
+            self._failed(source.name, version, error)
             return None
+        self._failures[source.name].pop(version, None)
         logging.info(
             "Loaded %s version %d in %.2fs (%d warmup requests)",
             source.name,
@@ -104,32 +245,53 @@ class ModelManager:
         self._set_status(source.name, VersionStatus(version, "AVAILABLE"))
         return servable
 
-    def _loadable(self, name: str, on_disk: list[int]) -> list[int]:
-        """The versions on disk that have not failed to load (a failed version is not retried)."""
-        failed = {v for v, s in self._statuses[name].items() if s.state == "END" and s.error_message}
-        return [v for v in on_disk if v not in failed]
+    def _failed(self, name: str, version: int, error: Exception) -> None:
+        """Schedules the next try of a failed load, or gives up after `max_num_load_retries` retries."""
+        failure = self._failures[name].setdefault(version, _Failure(0, None))
+        failure.attempts += 1
+        if failure.attempts <= self._retries.max_num_load_retries:
+            interval = max(self._retries.load_retry_interval_micros, 0) / 1e6
+            failure.retry_at = time.monotonic() + interval
+            logging.warning(
+                "Failed to load %s version %d (attempt %d of %d), retrying in %g s: %s",
+                name,
+                version,
+                failure.attempts,
+                self._retries.max_num_load_retries + 1,
+                interval,
+                shown(str(error), 500),
+            )
+            return
+        failure.retry_at = None
+        logging.error("Failed to load %s version %d: %s", name, version, shown(str(error), 500))
+        self._set_status(name, VersionStatus(version, "END", "UNKNOWN", str(error)[:MAX_MESSAGE_CHARS]))
 
     def refresh(self) -> None:
         """Loads the versions each policy wants, then unloads the rest (load before unload)."""
         with self._refresh_lock:
             for name, source in self._sources.items():
-                on_disk = versions(source.base_path)
+                on_disk = self._on_disk(source)
+                if on_disk is None:
+                    continue
+                given_up = {v for v, f in self._failures[name].items() if f.retry_at is None}
+                wanted = source.wanted([v for v in on_disk if v not in given_up])
                 loaded = dict(self._servables[name])
-                for version in source.wanted(self._loadable(name, on_disk)):
-                    if version not in loaded:
+                for version in wanted:
+                    if version not in loaded and self._due(name, version):
                         servable = self._load(source, version)
                         if servable is not None:
                             loaded[version] = servable
                             self._servables[name] = dict(loaded)  # serve it as soon as it is ready
-                # Versions that failed to load do not count, so the versions serving now stay.
-                wanted = source.wanted(self._loadable(name, on_disk))
-                for version in [v for v in loaded if v not in wanted]:
+                # While a wanted version waits for a retry, the versions serving now stay.
+                keep = set(wanted) | (set(on_disk) if set(wanted) - set(loaded) else set())
+                for version in [v for v in loaded if v not in keep]:
                     self._set_status(name, VersionStatus(version, "UNLOADING"))
                     servable = loaded.pop(version)
                     self._servables[name] = dict(loaded)
                     servable.close()
                     self._set_status(name, VersionStatus(version, "END"))
                     logging.info("Unloaded %s version %d", name, version)
+                self._forget_gone(name, on_disk)
 
     def start_polling(self, interval_seconds: float) -> None:
         """Refreshes every `interval_seconds` in a background thread (0 or less: never)."""
@@ -164,7 +326,7 @@ class ModelManager:
     def _label_version(self, name: str, label: str) -> int:
         labels = dict(self._sources[name].labels)
         if label not in labels:
-            raise invalid_argument(f"Unrecognized servable version label: {label}")
+            raise invalid_argument(f"Unrecognized servable version label: {shown(label)}")
         return labels[label]
 
     def servable(self, name: str, version: int | None = None, label: str | None = None) -> Servable:
@@ -174,10 +336,10 @@ class ModelManager:
         servables = self._servables.get(name, {})
         if version is None:
             if not servables:
-                raise not_found(f"Servable not found for request: Latest({name})")
+                raise not_found(f"Servable not found for request: Latest({shown(name)})")
             return servables[max(servables)]
         if version not in servables:
-            raise not_found(f"Servable not found for request: Specific({name}, {version})")
+            raise not_found(f"Servable not found for request: Specific({shown(name)}, {version})")
         return servables[version]
 
     def statuses(
@@ -186,11 +348,11 @@ class ModelManager:
         """GetModelStatus rows, newest version first."""
         statuses = self._statuses.get(name)
         if not statuses:
-            raise not_found(f"Could not find any versions of model {name}")
+            raise not_found(f"Could not find any versions of model {shown(name)}")
         if label:
             version = self._label_version(name, label)
         if version is not None:
             if version not in statuses:
-                raise not_found(f"Could not find version {version} of model {name}")
+                raise not_found(f"Could not find version {version} of model {shown(name)}")
             return [statuses[version]]
         return [statuses[v] for v in sorted(statuses, reverse=True)]

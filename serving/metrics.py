@@ -2,6 +2,8 @@
 
 A collector writes the exact names: `:tensorflow:serving:request_count`,
 `:tensorflow:serving:request_latency`.
+Requests naming a model the server does not serve all count under one `model_name`, `UNKNOWN_MODEL`: a
+label per name a client makes up would let any client grow the metrics without bound.
 `prometheus_client` renames every counter family to `<name>_total`, which TF Serving's are not, so the request
 count is exposed untyped: its samples and its HELP/TYPE lines then all carry TF Serving's name.
 """
@@ -12,7 +14,7 @@ import bisect
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
 import grpc
@@ -23,12 +25,18 @@ from serving.errors import ServingError
 
 # Microseconds, growing by 1.8x from 10 us: TF Serving's request-latency buckets.
 LATENCY_BUCKETS_US = tuple(10 * 1.8**i for i in range(33))
+UNKNOWN_MODEL = "__unknown__"
 
 
 class ServingMetrics:
-    """Request counts by model and status, and request latency by model, API and entry point."""
+    """Request counts by model and status, and request latency by model, API and entry point.
 
-    def __init__(self) -> None:
+    Args:
+        model_names: the served models; any other name is counted as `UNKNOWN_MODEL`.
+    """
+
+    def __init__(self, model_names: Iterable[str]) -> None:
+        self._model_names = frozenset(model_names)
         self._lock = threading.Lock()
         self._counts: dict[tuple[str, str], int] = defaultdict(int)
         self._latency: dict[tuple[str, str, str], list] = {}
@@ -37,6 +45,8 @@ class ServingMetrics:
 
     def record(self, model_name: str, api: str, entrypoint: str, status: str, seconds: float) -> None:
         micros = seconds * 1e6
+        if model_name not in self._model_names:
+            model_name = UNKNOWN_MODEL
         with self._lock:
             self._counts[(model_name, status)] += 1
             buckets = self._latency.setdefault(

@@ -1,9 +1,11 @@
 """The REST frontend: TF Serving's `/v1/models/...` URLs and JSON on an aiohttp server.
 
 URL matching follows model_servers/http_rest_api_handler.cc: case-insensitive, name and label URL-decoded, a
-version or a label but not both. Requests are handled in the event loop; batched model calls run in batch
-threads, and large requests (their parsing, model call and formatting) in a thread pool, so the loop keeps
-answering meanwhile.
+version or a label but not both. Requests are handled in the event loop; model calls run in batch threads or
+in the REST lane of the model threads, as do the parsing and formatting of large bodies, so the loop keeps
+answering meanwhile. A body must arrive within the request timeout (else 408), decode under its
+`Content-Encoding` and stay within the size and `serving.limits` bounds; every refusal is TF Serving's JSON
+error body.
 """
 
 from __future__ import annotations
@@ -11,8 +13,8 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import zlib
 from collections.abc import Awaitable, Callable
-from concurrent.futures import Executor
 from typing import Any, TypeVar
 from urllib.parse import unquote
 
@@ -22,7 +24,9 @@ from absl import logging
 from aiohttp import web
 
 from serving import rest_json
-from serving.errors import ServingError, invalid_argument
+from serving.errors import ServingError, invalid_argument, shown, too_large
+from serving.fair_executor import INLINE_BYTES, Lane
+from serving.layout import MAX_VERSION
 from serving.manager import ModelManager
 from serving.metrics import ServingMetrics
 from serving.responses import metadata_json, metadata_response, status_response, to_json_dict
@@ -32,7 +36,7 @@ _VERSION_OR_LABEL = r"(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?"
 PREDICT_URL = re.compile(rf"/v1/models/([^/:]+){_VERSION_OR_LABEL}:(classify|regress|predict)", re.I)
 STATUS_URL = re.compile(rf"/v1/models(?:/([^/:]+))?{_VERSION_OR_LABEL}(?:/(metadata))?", re.I)
 JSON = "application/json"
-INLINE_BODY_BYTES = 64 * 1024
+_WBITS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 _T = TypeVar("_T")
 
 
@@ -48,9 +52,12 @@ class RestFrontend:
     Args:
         manager: the served models.
         metrics: where request counts and latencies go.
-        executor: runs large unbatched model calls, and the parsing and formatting of large bodies.
-        max_request_bytes: bodies larger than this (after gzip decoding) get a 413.
-        timeout_seconds: a request running longer gets a 504, as `--rest_api_timeout_in_ms`.
+        lane: the REST lane of the model threads: unbatched model calls, and the parsing and formatting of
+            large bodies.
+        max_request_bytes: bodies larger than this (after decoding their `Content-Encoding`) get a 413.
+        max_request_elements: bodies that can hold more values than this get a 413.
+        timeout_seconds: a body arriving slower gets a 408, a request running longer a 504, as
+            `--rest_api_timeout_in_ms`.
         metrics_path: the Prometheus path, or None to serve no metrics.
     """
 
@@ -58,21 +65,25 @@ class RestFrontend:
         self,
         manager: ModelManager,
         metrics: ServingMetrics,
-        executor: Executor,
+        lane: Lane,
         max_request_bytes: int,
+        max_request_elements: int,
         timeout_seconds: float,
         metrics_path: str | None,
     ) -> None:
         self.manager = manager
         self.metrics = metrics
-        self.executor = executor
+        self.lane = lane
         self.max_request_bytes = max_request_bytes
+        self.max_request_elements = max_request_elements
         self.timeout_seconds = timeout_seconds
         self.metrics_path = metrics_path
 
     def application(self) -> web.Application:
         # The body limit is enforced in `_body`, which answers in TF Serving's JSON error form.
-        app = web.Application(client_max_size=self.max_request_bytes + 1)
+        app = web.Application(
+            client_max_size=self.max_request_bytes + 1, handler_args={"auto_decompress": False}
+        )
         app.router.add_route("*", "/{path:.*}", self._handle)
         return app
 
@@ -82,25 +93,43 @@ class RestFrontend:
             if self.metrics_path and path == self.metrics_path and request.method == "GET":
                 return web.Response(body=self.metrics.exposition(), content_type="text/plain")
             if request.method == "POST" and (match := PREDICT_URL.fullmatch(path)):
-                body = await self._body(request)
-                return await self._run(self._predict(match, body))
+                version = _version(match.group(2))
+                try:
+                    body = await self._body(request)
+                except ServingError as error:  # the rest of the body is unread: close the connection
+                    response = _error_response(error)
+                    response.force_close()
+                    return response
+                return await self._run(self._predict(match, version, body))
             if request.method == "GET" and (match := STATUS_URL.fullmatch(path)):
                 return await self._run(self._status_or_metadata(match))
             if not path.lower().startswith("/v1/"):
-                raise ServingError(grpc.StatusCode.NOT_FOUND, f"Not found: {request.method} {path}")
-            raise invalid_argument(f"Malformed request: {request.method} {path}")
+                raise ServingError(grpc.StatusCode.NOT_FOUND, f"Not found: {request.method} {shown(path)}")
+            raise invalid_argument(f"Malformed request: {request.method} {shown(path)}")
         except ServingError as error:
             return _error_response(error)
 
     async def _body(self, request: web.Request) -> bytes:
-        """The request body; aiohttp decodes `Content-Encoding: gzip`, and the limit counts decoded bytes."""
+        """The request body, decoded from its `Content-Encoding`; the size limit holds before and after."""
         if request.content_length is not None and request.content_length > self.max_request_bytes:
             raise _payload_too_large(self.max_request_bytes)
         try:
-            body = await request.read()
+            async with asyncio.timeout(self.timeout_seconds):
+                body = await request.read()
         except web.HTTPRequestEntityTooLarge:
             raise _payload_too_large(self.max_request_bytes) from None
-        return body
+        except TimeoutError:
+            raise ServingError(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"The request body did not arrive within {self.timeout_seconds:g} s.",
+                http_status=408,
+            ) from None
+        except web.RequestPayloadError as error:
+            raise invalid_argument(f"Failed to read the request body: {shown(str(error), 300)}") from None
+        encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+        if encoding == "identity":
+            return body
+        return await self._off_loop_if_large(len(body), _decoded, body, encoding, self.max_request_bytes)
 
     async def _run(self, answer: Awaitable[tuple[int, str]]) -> web.Response:
         try:
@@ -116,32 +145,34 @@ class RestFrontend:
         return web.Response(status=status, text=text, content_type=JSON)
 
     async def _off_loop_if_large(self, body_bytes: int, fn: Callable[..., _T], *args: Any) -> _T:
-        """`fn(*args)` in the event loop for a small request; in a thread for a large one, whose JSON
+        """`fn(*args)` in the event loop for a small request; in the REST lane for a large one, whose JSON
         would hold up every other request meanwhile."""
-        if body_bytes <= INLINE_BODY_BYTES:
+        if body_bytes <= INLINE_BYTES:
             return fn(*args)
-        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+        return await self.lane.run(fn, *args)
 
-    async def _predict(self, match: re.Match, body: bytes) -> tuple[int, str]:
-        name, version, label, verb = match.groups()
+    async def _predict(self, match: re.Match, version: int | None, body: bytes) -> tuple[int, str]:
+        name, _, label, verb = match.groups()
         name = unquote(name)
         with self.metrics.observe(name, verb.lower(), "REST"):
             servable, signature_name, inputs, row_format = await self._off_loop_if_large(
                 len(body), self._parse_predict, name, version, label, verb, body
             )
-            outputs = await servable.run_async(signature_name, inputs, (), self.executor)
+            outputs = await servable.run_async(signature_name, inputs, (), self.lane)
             text = await self._off_loop_if_large(len(body), rest_json.format_response, outputs, row_format)
             return 200, text
 
     def _parse_predict(
-        self, name: str, version: str | None, label: str | None, verb: str, body: bytes
+        self, name: str, version: int | None, label: str | None, verb: str, body: bytes
     ) -> tuple[Servable, str, dict[str, np.ndarray], bool]:
-        signature_name, payload, row_format = rest_json.parse_predict_request(rest_json.parse_body(body))
-        servable = self.manager.servable(name, int(version) if version else None, _label(label))
+        document = rest_json.parse_body(body, self.max_request_elements)
+        signature_name, payload, row_format = rest_json.parse_predict_request(document)
+        servable = self.manager.servable(name, version, _label(label))
         signature = servable.signature_def(signature_name)
         if signature is None:
             raise invalid_argument(
-                f'Serving signature name: "{signature_name or "serving_default"}" not found in signature def'
+                f'Serving signature name: "{shown(signature_name or "serving_default")}" '
+                "not found in signature def"
             )
         if verb.lower() != "predict" or signature.method_name != PREDICT_METHOD:
             raise invalid_argument(
@@ -159,12 +190,45 @@ class RestFrontend:
         name, version, label, metadata = match.groups()
         if not name:
             raise invalid_argument("Missing model name in request.")
-        name, version = unquote(name), int(version) if version else None
+        name = unquote(name)
         if metadata:
-            servable = self.manager.servable(name, version, _label(label))
+            servable = self.manager.servable(name, _version(version), _label(label))
             return 200, json.dumps(metadata_json(metadata_response(servable)))
-        statuses = self.manager.statuses(name, version, _label(label))
+        statuses = self.manager.statuses(name, _version(version), _label(label))
         return 200, json.dumps(to_json_dict(status_response(statuses)))
+
+
+def _version(digits: str | None) -> int | None:
+    """The URL's version, an int64 as TF Serving's `absl::SimpleAtoi` reads it."""
+    if digits is None:
+        return None
+    significant = digits.lstrip("0") or "0"
+    if len(significant) > len(str(MAX_VERSION)) or int(significant) > MAX_VERSION:
+        raise invalid_argument(f"Failed to convert version: {shown(digits)} to numeric.")
+    return int(significant)
+
+
+def _decoded(body: bytes, encoding: str, limit: int) -> bytes:
+    """`body` decoded from gzip or deflate (zlib), at most `limit` bytes of it: aiohttp's own decoding
+    answered a bad stream with a plain-text 400 (or a 500) and a logged traceback."""
+    if encoding not in _WBITS:
+        raise ServingError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"Unsupported Content-Encoding: {shown(encoding)} (the server decodes gzip and deflate).",
+            http_status=415,
+        )
+    decoder = zlib.decompressobj(_WBITS[encoding])
+    try:
+        decoded = decoder.decompress(body, limit + 1)
+    except zlib.error as error:
+        raise invalid_argument(f"The request body is not valid {encoding}: {error}") from None
+    if len(decoded) > limit:
+        raise _payload_too_large(limit)
+    if not decoder.eof or decoder.unused_data:
+        raise invalid_argument(
+            f"The request body is not valid {encoding}: it ends early or has trailing bytes."
+        )
+    return decoded
 
 
 def _label(label: str | None) -> str | None:
@@ -172,6 +236,4 @@ def _label(label: str | None) -> str | None:
 
 
 def _payload_too_large(limit: int) -> ServingError:
-    """413, which TF Serving's code table lacks: the client sent too much, the server is fine."""
-    message = f"Request body exceeds the limit of {limit} bytes."
-    return ServingError(grpc.StatusCode.RESOURCE_EXHAUSTED, message, http_status=413)
+    return too_large(f"Request body exceeds the limit of {limit} bytes.")

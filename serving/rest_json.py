@@ -1,8 +1,9 @@
 """TF Serving's REST JSON encoding of tensors (util/json_tensor.cc): request parsing, response writing.
 
 Row format (`instances`) lists one entry per example; columnar format (`inputs`) gives whole tensors. Floats
-accept any JSON number, integer types only JSON integers, booleans only true/false; strings may be given as
-`{"b64": ...}`. Responses print floats in their shortest round-trip form.
+accept any JSON number, integer types only JSON integers in the type's range, booleans only true/false;
+strings may be given as `{"b64": ...}`. Responses print floats in their shortest round-trip form.
+A body is checked against the limits of `serving.limits` before it is parsed.
 """
 
 from __future__ import annotations
@@ -10,14 +11,26 @@ from __future__ import annotations
 import base64
 import json
 import math
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
-from serving.errors import ServingError, invalid_argument
+from serving.errors import ServingError, invalid_argument, shown
+from serving.limits import DEFAULT_MAX_REQUEST_ELEMENTS, MAX_JSON_DEPTH, MAX_NUMBER_CHARS, check_elements
 from serving.servable import type_name
+
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_LONG_NUMBER = re.compile(rb"[-+.0-9eE]{%d,}" % (MAX_NUMBER_CHARS + 1))
+# A \u escape of half a surrogate pair without its other half (the backslash not itself escaped).
+_LONE_SURROGATE = re.compile(
+    rb"(?<!\\)(?:\\\\)*(\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})"
+    rb"|(?<!\\u[dD][89abAB][0-9a-fA-F]{2})\\u[dD][c-fC-F][0-9a-fA-F]{2})"
+)
+_NOT_BRACKETS = bytes(c for c in range(256) if c not in b"[]{}")
+_DEPTH_CHUNK = 2**20
 
 _JSON_TYPES = {type(None): "Null", bool: "Bool", dict: "Object", list: "Array", str: "String"}
 
@@ -29,14 +42,56 @@ def _json_type(value: Any) -> str:
 
 
 def _type_error(value: Any, dtype: tf.DType) -> ServingError:
-    shown = json.dumps(value) if not isinstance(value, float) or math.isfinite(value) else str(value)
+    if isinstance(value, (list, dict)):
+        text = f"<{_json_type(value)} of {len(value)} elements>"
+    elif isinstance(value, float) and not math.isfinite(value):
+        text = str(value)
+    else:
+        text = json.dumps(value)
     return invalid_argument(
-        f"JSON Value: {shown} Type: {_json_type(value)} is not of expected type: {type_name(dtype)}"
+        f"JSON Value: {shown(text)} Type: {_json_type(value)} is not of expected type: {type_name(dtype)}"
     )
 
 
-def parse_body(body: bytes) -> Any:
-    """The request document, with rapidjson's error wording for bad JSON."""
+def _max_depth(brackets: bytes) -> int:
+    """The deepest nesting of a string of brackets, in chunks so a huge one needs little memory."""
+    deepest = depth = 0
+    for start in range(0, len(brackets), _DEPTH_CHUNK):
+        codes = np.frombuffer(
+            brackets, np.uint8, count=min(_DEPTH_CHUNK, len(brackets) - start), offset=start
+        )
+        steps = np.cumsum(np.where((codes == ord("[")) | (codes == ord("{")), 1, -1), dtype=np.int64) + depth
+        deepest, depth = max(deepest, int(steps.max())), int(steps[-1])
+    return deepest
+
+
+def check_limits(body: bytes, max_elements: int) -> None:
+    """Refuses, before parsing, a body nested deeper than `MAX_JSON_DEPTH`, with a number literal longer
+    than `MAX_NUMBER_CHARS`, or holding more than `max_elements` values (it has at most one more value than
+    commas). Counts over the whole body settle most bodies; only one they do not is scanned without its
+    strings."""
+    brackets = body.count(b"[") + body.count(b"{")
+    commas = body.count(b",")
+    if brackets <= MAX_JSON_DEPTH and commas < max_elements and not _LONG_NUMBER.search(body):
+        return
+    structure = _STRING.sub(b'""', body)
+    if number := _LONG_NUMBER.search(structure):
+        literal = number.group().decode("ascii")
+        raise invalid_argument(
+            f"JSON Parse error: Number literal longer than {MAX_NUMBER_CHARS} characters: {shown(literal)}"
+        )
+    if _max_depth(structure.translate(None, delete=_NOT_BRACKETS)) > MAX_JSON_DEPTH:
+        raise invalid_argument(f"JSON Parse error: Nesting deeper than {MAX_JSON_DEPTH} levels")
+    check_elements(structure.count(b",") + 1, max_elements)
+
+
+def parse_body(body: bytes, max_elements: int = DEFAULT_MAX_REQUEST_ELEMENTS) -> Any:
+    """The request document, with rapidjson's error wording for bad JSON; see `check_limits`."""
+    check_limits(body, max_elements)
+    if b"\\u" in body and (surrogate := _LONE_SURROGATE.search(body)):
+        raise invalid_argument(
+            f"JSON Parse error: The surrogate pair in string is invalid at offset: {surrogate.start(1)}"
+        )
     text = body.decode("utf-8", errors="replace")
     if not text.strip():
         raise invalid_argument("JSON Parse error: The document is empty")
@@ -57,12 +112,17 @@ def _leaf_parser(dtype: tf.DType) -> Callable[[Any], Any]:
 
         def string(value: Any) -> bytes:
             if isinstance(value, str):
-                return value.encode("utf-8")
+                try:
+                    return value.encode("utf-8")
+                except UnicodeEncodeError:  # a lone surrogate `parse_body` let through
+                    raise invalid_argument(
+                        "JSON Parse error: The surrogate pair in string is invalid"
+                    ) from None
             if _is_b64(value) and isinstance(value["b64"], str):
                 try:
                     return base64.b64decode(value["b64"], validate=True)
                 except ValueError:
-                    raise invalid_argument(f"Unable to base64 decode: {value['b64']}") from None
+                    raise invalid_argument(f"Unable to base64 decode: {shown(value['b64'])}") from None
             raise _type_error(value, dtype)
 
         return string
@@ -116,7 +176,15 @@ def _to_array(value: Any, dtype: tf.DType) -> np.ndarray:
         raise invalid_argument("Expecting tensor of consistent shape, got ragged nested lists")
     if dtype == tf.string:
         return np.array(leaves, dtype=object).reshape(shape)
-    return np.array(leaves, dtype=dtype.as_numpy_dtype).reshape(shape)
+    try:
+        return np.array(leaves, dtype=dtype.as_numpy_dtype).reshape(shape)
+    except (OverflowError, ValueError):  # an integer outside the type's range: name the first
+        for value in leaves:
+            try:
+                np.array(value, dtype=dtype.as_numpy_dtype)
+            except (OverflowError, ValueError):
+                raise _type_error(value, dtype) from None
+        raise
 
 
 def _parse_instances(instances: Any, dtypes: Mapping[str, tf.DType]) -> dict[str, np.ndarray]:

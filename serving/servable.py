@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping, Sequence
-from concurrent.futures import Executor
 from pathlib import Path
 
 import grpc
@@ -15,9 +13,9 @@ from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 from serving.batching import BatchScheduler
 from serving.config import BatchingOptions
 from serving.errors import ServingError, invalid_argument
+from serving.fair_executor import Lane
 
 DEFAULT_SIGNATURE = "serving_default"
-INLINE_ROWS = 32
 PREDICT_METHOD = "tensorflow/serving/predict"
 _GRPC_CODES = {code.value[0]: code for code in grpc.StatusCode}  # TF error codes are gRPC's
 
@@ -76,6 +74,10 @@ class Servable:
             signature_name: {alias: dtype for alias, dtype, _ in specs}
             for signature_name, specs in self._input_specs.items()
         }
+        self._input_positions = {
+            signature_name: {alias: position for position, (alias, _, _) in enumerate(specs)}
+            for signature_name, specs in self._input_specs.items()
+        }
         self._loaded = tf.saved_model.load(str(path), tags=["serve"])
         self._functions = dict(self._loaded.signatures)
         self.batcher = (
@@ -115,19 +117,32 @@ class Servable:
         signature_name: str,
         inputs: Mapping[str, np.ndarray],
         output_filter: Sequence[str],
-        executor: Executor,
+        lane: Lane,
     ) -> dict[str, np.ndarray]:
-        """`run` for an event loop: the model call runs in a batch thread; unbatched, requests of up to
-        `INLINE_ROWS` rows run in the loop itself (a thread hop costs them more than it saves) and larger
-        ones in `executor`, so the loop goes on answering meanwhile."""
+        """`run` for an event loop: the model call runs in a batch thread, or unbatched in the front end's
+        `lane` of the model threads, so the loop goes on answering meanwhile."""
         name, arrays = self._checked(signature_name, inputs)
         if self.batcher is not None:
             outputs = await self.batcher.submit_async(name, arrays)
-        elif max((len(value) for value in arrays.values() if value.ndim), default=1) <= INLINE_ROWS:
-            outputs = self._call(name, arrays)
         else:
-            outputs = await asyncio.get_running_loop().run_in_executor(executor, self._call, name, arrays)
+            outputs = await lane.run(self._call, name, arrays)
         return _filtered(outputs, output_filter)
+
+    def check_input(self, signature_name: str, alias: str, dtype: tf.DType, shape: Sequence[int]) -> None:
+        """Refuses an input the signature does not take with this dtype and shape, as TensorFlow would
+        when running it; a request's tensors are checked so before their values are read.
+
+        Raises:
+            ServingError: INVALID_ARGUMENT.
+        """
+        name = signature_name or DEFAULT_SIGNATURE
+        position = self._input_positions[name][alias]
+        _, expected, expected_shape = self._input_specs[name][position]
+        if dtype != expected:
+            raise invalid_argument(
+                f"Expects arg[{position}] to be {type_name(expected)} but {type_name(dtype)} is provided"
+            )
+        _check_shape(alias, tuple(shape), expected_shape)
 
     def _checked(
         self, signature_name: str, inputs: Mapping[str, np.ndarray]
@@ -135,16 +150,10 @@ class Servable:
         """The signature's name and the inputs as arrays of its dtypes and shapes."""
         name = signature_name or DEFAULT_SIGNATURE
         arrays = {}
-        for position, (alias, expected, shape) in enumerate(self._input_specs[name]):
+        for alias, expected, _ in self._input_specs[name]:
             value = np.asarray(inputs[alias])
-            if tf.dtypes.as_dtype(value.dtype) != expected and not (
-                expected == tf.string and value.dtype.kind in "SUO"
-            ):
-                raise invalid_argument(
-                    f"Expects arg[{position}] to be {type_name(expected)} but "
-                    f"{type_name(tf.dtypes.as_dtype(value.dtype))} is provided"
-                )
-            _check_shape(alias, value.shape, shape)
+            dtype = tf.string if value.dtype.kind in "SUO" else tf.dtypes.as_dtype(value.dtype)
+            self.check_input(name, alias, dtype, value.shape)
             arrays[alias] = value.astype(object) if expected == tf.string else value
         return name, arrays
 

@@ -59,11 +59,17 @@ model_config_list {
 
 
 @pytest.fixture(scope="session")
-def server(exports) -> ModelServer:
+def models_config(exports) -> Path:
+    """`MODELS_CONFIG` beside the exports: `mmoe` (both versions, labelled) and `single`."""
     config_file = exports["root"] / "models.config"
     config_file.write_text(MODELS_CONFIG)
+    return config_file
+
+
+@pytest.fixture(scope="session")
+def server(models_config) -> ModelServer:
     options = ServerOptions(grpc_port=0, rest_port=0, poll_seconds=0, max_request_bytes=200_000)
-    server = ModelServer(read_model_config_file(config_file), options).start()
+    server = ModelServer(read_model_config_file(models_config), options).start()
     yield server
     server.stop()
 
@@ -76,3 +82,22 @@ def rest_url(server) -> str:
 @pytest.fixture(scope="session")
 def grpc_target(server) -> str:
     return f"127.0.0.1:{server.grpc_port}"
+
+
+STRICT = ServerOptions(
+    grpc_port=0,
+    rest_port=0,
+    poll_seconds=0,
+    max_request_bytes=2_000_000,
+    max_request_elements=100_000,
+    rest_timeout_ms=1500,
+    idle_timeout_seconds=1.5,
+    max_connections=12,
+)
+
+
+@pytest.fixture(scope="module")
+def strict_server(models_config) -> ModelServer:
+    """The models of `server` behind `STRICT`'s small limits, which tests of limits reach quickly."""
+    with ModelServer(read_model_config_file(models_config), STRICT) as server:
+        yield server

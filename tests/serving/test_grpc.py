@@ -117,7 +117,7 @@ def test_error_codes_and_messages(channel):
     short.inputs["inputs"].tensor_shape.dim[0].size = 5  # 4 rows of content for 5
     assert _error(stub.Predict, short) == (
         grpc.StatusCode.INVALID_ARGUMENT,
-        "Invalid input tensor: tensor_content holds 400 values for shape [5, 100]",
+        "tensor parsing error: inputs (tensor_content holds 400 values for shape [5, 100])",
     )
     assert _error(stub.Classify, classification_pb2.ClassificationRequest()) == (
         grpc.StatusCode.UNIMPLEMENTED,

@@ -246,7 +246,8 @@ def test_prometheus_metrics_use_tf_servings_names(rest_url):
     text = requests.get(f"{rest_url}/monitoring/prometheus/metrics", timeout=10).text
     assert "# TYPE :tensorflow:serving:request_count untyped" in text
     assert ':tensorflow:serving:request_count{model_name="single",status="OK"}' in text
-    assert ':tensorflow:serving:request_count{model_name="nope",status="NOT_FOUND"}' in text
+    assert ':tensorflow:serving:request_count{model_name="__unknown__",status="NOT_FOUND"}' in text
+    assert 'model_name="nope"' not in text
     assert "# TYPE :tensorflow:serving:request_latency histogram" in text
     assert (
         ':tensorflow:serving:request_latency_count{API="predict",entrypoint="REST",model_name="single"}'

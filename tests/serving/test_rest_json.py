@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import tensorflow as tf
 from tensorflow.core.framework import tensor_shape_pb2, types_pb2
 from tensorflow.core.protobuf import meta_graph_pb2
 
@@ -92,3 +93,49 @@ def test_response_formats():
     )
     with pytest.raises(ServingError, match="inconsistent batch size"):
         rest_json.format_response({"a": np.zeros(2), "b": np.zeros(3)}, row_format=True)
+
+
+def test_integers_outside_the_types_range_are_type_errors():
+    dtypes = {"ids": tf.uint8, "big": tf.int64}
+    assert (
+        _message(
+            {"ids": [1, 300], "big": [1]}, False, _signature(ids=types_pb2.DT_UINT8, big=types_pb2.DT_INT64)
+        )
+        == "JSON Value: 300 Type: Number is not of expected type: uint8"
+    )
+    with pytest.raises(ServingError, match="JSON Value: 9223372036854775808 Type: Number .* int64"):
+        rest_json.tensors_from_json({"ids": [1], "big": [2**63]}, False, dtypes)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"instances": [["' + b"[" * 500 + b'"]]}',  # brackets in a string are no nesting
+        b'{"instances": [["' + b"9" * 500 + b'"]]}',  # nor digits a number
+        b'{"instances": [["' + b"," * 500 + b'"]]}',  # nor commas values
+        b'{"instances": [["\\\\ud800"]]}',  # an escaped backslash, then text: no surrogate
+        b'{"instances": [["\\ud83d\\ude00"]]}',  # a surrogate pair
+    ],
+)
+def test_what_strings_hold_counts_for_no_limit(body):
+    document = rest_json.parse_body(body, max_elements=100)
+    assert rest_json.tensors_from_json(document["instances"], True, {"x": tf.string})["x"].shape == (1, 1)
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        (b"[" * 65 + b"]" * 65, "JSON Parse error: Nesting deeper than 64 levels"),
+        (b'{"a": ' * 65 + b"1" + b"}" * 65, "JSON Parse error: Nesting deeper than 64 levels"),
+        (b"[" + b"1" * 101 + b"]", "JSON Parse error: Number literal longer than 100 characters: 111"),
+        (
+            b"[" + b"0," * 100 + b"0]",
+            "The request holds up to 101 tensor elements, more than the limit of 100.",
+        ),
+    ],
+)
+def test_limits_are_checked_before_parsing(body, message):
+    with pytest.raises(ServingError) as error:
+        rest_json.parse_body(body, max_elements=100)
+    assert error.value.message.startswith(message)
+    assert rest_json.parse_body(b"[" * 64 + b"]" * 64, max_elements=100) is not None

@@ -1,8 +1,9 @@
 import numpy as np
 import pytest
 import tensorflow as tf
+from tensorflow.core.framework import tensor_pb2, types_pb2
 
-from serving.tensors import to_ndarray, to_tensor_proto
+from serving.tensors import declared_shape, request_dtype, to_ndarray, to_tensor_proto
 
 ARRAYS = [
     np.arange(6, dtype=np.float32).reshape(2, 3) / 7,
@@ -36,3 +37,17 @@ def test_content_that_does_not_fill_the_shape_is_refused():
     proto.tensor_shape.dim[1].size = 4
     with pytest.raises(ValueError, match=r"tensor_content holds 6 values for shape \[2, 4\]"):
         to_ndarray(proto)
+
+
+def test_what_no_request_may_carry_is_refused_before_conversion():
+    out_of_range = tensor_pb2.TensorProto(dtype=types_pb2.DT_UINT8, int_val=[300])
+    out_of_range.tensor_shape.dim.add(size=1)
+    with pytest.raises(ValueError, match="300 out of bounds for uint8"):
+        to_ndarray(out_of_range)
+    for dtype in (types_pb2.DT_RESOURCE, types_pb2.DT_VARIANT, types_pb2.DT_FLOAT_REF):
+        with pytest.raises(ValueError, match="tensors cannot be sent in a request"):
+            request_dtype(tensor_pb2.TensorProto(dtype=dtype))
+    negative = tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT)
+    negative.tensor_shape.dim.add(size=-1)
+    with pytest.raises(ValueError, match=r"negative dimension in shape \[-1\]"):
+        declared_shape(negative)

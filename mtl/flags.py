@@ -32,6 +32,7 @@ from pipeline.config import (
 from pipeline.data import census, synthetic, tabular
 from pipeline.distribute import STRATEGIES
 from pipeline.errors import ConfigError
+from pipeline.models import names as architectures
 from pipeline.models import sizing
 from pipeline.optimizers import OPTIMIZERS, SCHEDULES
 from pipeline.task_types import TASK_TYPES
@@ -83,7 +84,7 @@ flags.DEFINE_boolean(
 
 # -- model ----------------------------------------------------------------------------------------
 flags.DEFINE_string(
-    "model", "mmoe", "Architecture: shared_bottom, omoe, mmoe, ple, single_task, or a plugin's."
+    "model", "mmoe", f"Architecture: {', '.join(architectures(plugins=False))}, or a plugin's (see --import)."
 )
 flags.DEFINE_integer("num_experts", 8, "OMoE/MMoE: number of experts.")
 flags.DEFINE_list("expert_units", ["16"], "OMoE/MMoE/PLE: layer sizes of every expert.")
@@ -158,6 +159,12 @@ flags.DEFINE_string(
 )
 flags.DEFINE_string("schema", None, "Tables: the feature schema JSON file (see README, Your own data).")
 flags.DEFINE_boolean("skip_bad_rows", False, "Skip (and count) malformed CSV rows instead of stopping.")
+flags.DEFINE_boolean(
+    "reject_non_finite",
+    False,
+    "Stop on an infinite or out-of-range number (inf, 1e300) in a training row rather than read it as "
+    "missing.",
+)
 flags.DEFINE_enum("eval_split", "eval", ["eval", "test"], "evaluate: the held-out split to evaluate on.")
 _SYNTHETIC = SyntheticDataConfig()
 flags.DEFINE_integer("synthetic_examples", _SYNTHETIC.num_examples, "Synthetic training examples.")
@@ -331,13 +338,13 @@ def _numbers(flag: str, values: list[str], kind: Callable[[str], Any], plural: s
         ) from None
 
 
-def _per_task(flag: str, values: list[str], labels: list[str]) -> list[str]:
-    if values and len(values) != len(labels):
+def _per_task(flag: str, values: list[str], tasks: list[str]) -> list[str]:
+    if values and len(values) != len(tasks):
         raise ConfigError(
-            f"--{flag} has {len(values)} entries ({','.join(values)}) but --task_labels has "
-            f"{len(labels)} ({','.join(labels)}); give one per task."
+            f"--{flag} has {len(values)} entries ({','.join(values)}) but there are {len(tasks)} tasks "
+            f"({','.join(tasks)}); give one per task."
         )
-    return values or [""] * len(labels)
+    return values or [""] * len(tasks)
 
 
 def _tasks(data_config: DataConfig) -> tuple[TaskConfig, ...]:
@@ -360,16 +367,17 @@ def _tasks(data_config: DataConfig) -> tuple[TaskConfig, ...]:
     tasks = []
     for label, task_type, loss, weight, after in zip(labels, types, losses, weights, afters, strict=True):
         implied = [name for name, kind in TASK_TYPES.items() if loss in kind.losses]
+        flag = "task_types" if task_type else "task_losses"  # where the type came from, for the errors
         task_type = task_type or (implied[0] if implied else synthetic.LABEL_TYPES[label])
         whole_numbers = [name for name, kind in synthetic.LABEL_TYPES.items() if kind == "binary"]
         if task_type == "count" and label not in whole_numbers:
             raise ConfigError(
-                f"--task_types: {label!r} is a real number, not a count; of the synthetic labels only "
+                f"--{flag}: {label!r} is a real number, not a count; of the synthetic labels only "
                 f"{', '.join(whole_numbers)} are whole numbers >= 0."
             )
         if task_type == "multiclass":
             raise ConfigError(
-                "--task_types: the synthetic labels have no classes; multiclass tasks come from a table's "
+                f"--{flag}: the synthetic labels have no classes; multiclass tasks come from a table's "
                 "schema."
             )
         tasks.append(
@@ -447,6 +455,7 @@ def _tabular_config() -> TabularDataConfig:
         FLAGS.test_files,
         split=FLAGS.split,
         skip_bad_rows=FLAGS.skip_bad_rows,
+        reject_non_finite=FLAGS.reject_non_finite,
     )
 
 
@@ -642,8 +651,9 @@ def _moved_files(saved: DataConfig) -> TabularDataConfig:
     moved = {
         flag: _files(flag) for flag in ("train_files", "eval_files", "test_files") if FLAGS[flag].present
     }
-    if FLAGS["skip_bad_rows"].present:
-        moved["skip_bad_rows"] = FLAGS.skip_bad_rows
+    for policy in ("skip_bad_rows", "reject_non_finite"):
+        if FLAGS[policy].present:
+            moved[policy] = FLAGS[policy].value
     return dataclasses.replace(tabular_config, **moved)
 
 
@@ -739,6 +749,7 @@ HELP_GROUPS: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
             "test_files",
             "split",
             "skip_bad_rows",
+            "reject_non_finite",
             "in_memory_max_mb",
             "shuffle_buffer",
             "synthetic_examples",

@@ -108,13 +108,14 @@ def _print_results(results: dict) -> None:
         f"Evaluation of the {results['split']} split{files} at step {results['global_step']} "
         f"on {results['examples']} examples:"
     )
+    width = max(12, *map(len, results["tasks"]))
     for task, metrics in results["tasks"].items():
         values = "  ".join(
             f"{name} {value}" if isinstance(value, int) else f"{name} {value:.4f}"
             for name, value in metrics.items()
         )
-        print(f"  {task:<12} {values}")
-    print(f"  {'total loss':<12} {results['loss']:.4f}")
+        print(f"  {task:<{width}} {values}")
+    print(f"  {'total loss':<{width}} {results['loss']:.4f}")
 
 
 def _stoppable(estimator: Estimator, work: Callable[[], T]) -> T:
@@ -293,6 +294,8 @@ def predict() -> None:
         raise ConfigError("--input is required: a .jsonl or .csv file of rows.")
     if not FLAGS.model_name:
         raise ConfigError("--model_name is required.")
+    if not Path(FLAGS.input).is_file():
+        raise ConfigError(f"--input={FLAGS.input} does not exist.")
     client = connect(
         FLAGS.server,
         FLAGS.model_name,

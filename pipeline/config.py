@@ -29,6 +29,8 @@ FEATURE_KINDS = ("numeric", "categorical", "hashed")  # what `pipeline.features.
 SPLITS = ("train", "eval", "test")
 METRIC_MODES = ("auto", "max", "min")
 LOSS_WEIGHTINGS = ("fixed", "uncertainty")
+# The export's signatures besides the tasks' own, which are named after the tasks (`pipeline.export`).
+SIGNATURE_NAMES = ("serving_default", "gates", "predict")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,6 +83,9 @@ class TaskConfig:
     class's probability `[batch, num_classes]`, with accuracy and, with more than `top_k` classes, top-k
     accuracy.
 
+    `classes` names a multi-class task's classes, in the order of its outputs (what TF Serving's Classify
+    returns; default: their numbers).
+
     `after` makes the task a step of a funnel (ESMM, Ma et al., SIGIR 2018): a binary task whose event can
     only follow the `after` task's (a conversion follows a click). Its tower learns the probability given the
     earlier event, served as `conditional_output` (default `<name>_given_<after>`); the task's own output,
@@ -95,6 +100,7 @@ class TaskConfig:
     output_activation: str = ""
     metrics: tuple[str, ...] = ()
     num_classes: int = 0
+    classes: tuple[str, ...] = ()
     top_k: int = 5
     after: str = ""
     conditional_output: str = ""
@@ -146,7 +152,11 @@ class TaskConfig:
             ):
                 raise invalid(f"{prefix}.num_classes", self.num_classes, "must be an integer >= 2")
             check_positive_int(f"{prefix}.top_k", self.top_k)
-        elif self.num_classes:
+            if self.classes and len(self.classes) != self.num_classes:
+                raise invalid(
+                    f"{prefix}.classes", list(self.classes), f"must name the {self.num_classes} classes"
+                )
+        elif self.num_classes or self.classes:
             raise invalid(f"{prefix}.num_classes", self.num_classes, "is for multiclass tasks only")
         if self.after and self.type != "binary":
             raise invalid(f"{prefix}.after", self.after, "is for binary tasks only (an event after another)")
@@ -198,6 +208,13 @@ class ModelConfig:
             task.validate()
         check_unique("features", [f.name for f in self.features])
         check_unique("tasks", [t.name for t in self.tasks])
+        for task in self.tasks:
+            if task.name in SIGNATURE_NAMES:
+                raise invalid(
+                    "tasks",
+                    [t.name for t in self.tasks],
+                    f"must not name a task {task.name!r}: the export's signature of that name takes it",
+                )
         self._validate_funnel()
         check_positive_int("num_experts", self.num_experts)
         check_positive_int("num_levels", self.num_levels)

@@ -2,18 +2,26 @@
 
 The version is written under a temporary name (TF Serving ignores names that are not integers) and renamed
 into place only once complete and checked, so a server polling `export_base` never sees half a model.
-The `serving_default` signature takes the raw features by name and returns one output per task (`[batch]`,
-or `[batch, num_classes]` for a multi-class task; a funnel task's conditional probability as well). A
-model whose experts are mixed by gates (OMoE, MMoE, PLE) also has a `gates` signature: the same inputs, and
-each gate's weights over its experts (see `MultiTaskModel.gate_weights`), to see what the gates do in serving.
+The signatures:
+- `serving_default` takes the raw features by name and returns one output per task (`[batch]`, or
+  `[batch, num_classes]` for a multi-class task; a funnel task's conditional probability as well).
+- `gates`, for a model whose experts are mixed by gates (OMoE, MMoE, PLE): the same inputs, and each gate's
+  weights over its experts (see `MultiTaskModel.gate_weights`), to see what the gates do in serving.
+- `predict` takes serialized `tf.train.Example`s (`examples`) and returns what `serving_default` does.
+- One per task, named after it, over serialized `tf.train.Example`s (`inputs`), as `tf.estimator`'s
+  multi-head export gave each head: a classify signature (`classes`, `scores`) for a binary or multi-class
+  task, a regress signature (`outputs`) for a regression or count task, so TF Serving's Classify and Regress
+  APIs serve them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,15 +29,16 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 from keras.export import ExportArchive
+from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
+from pipeline.config import SIGNATURE_NAMES, TaskConfig
 from pipeline.errors import ExportError
-from pipeline.features import feature_spec, feature_specs
+from pipeline.features import feature_spec, feature_specs, parse_examples, to_examples
 from pipeline.models import MultiTaskModel
-from serving.layout import WARMUP_FILE, versions
+from serving.layout import EXPORT_TEMP_PREFIX, WARMUP_FILE, is_stale_export, versions
 
-SIGNATURE = "serving_default"
-GATES_SIGNATURE = "gates"
+SIGNATURE, GATES_SIGNATURE, EXAMPLES_SIGNATURE = SIGNATURE_NAMES
 _WARMUP_BATCH_SIZES = (1, 4, 32)
 _CHECK_BATCH_SIZE = 16
 _RTOL, _ATOL = 1e-5, 1e-6
@@ -63,37 +72,113 @@ def sample_features(model: MultiTaskModel, batch_size: int, seed: int = 0) -> di
     return samples
 
 
+@dataclasses.dataclass(frozen=True)
+class Signature:
+    """One exported signature: its TF Serving method, its inputs by name, and what it computes from them
+    (on the in-memory model as in the export)."""
+
+    method: str
+    inputs: dict[str, tf.TensorSpec]
+    compute: Callable[[dict[str, Any]], dict[str, Any]]
+
+    @property
+    def takes_examples(self) -> bool:
+        """Whether its one input is serialized `tf.train.Example`s rather than the raw features."""
+        return all(spec.dtype == tf.string and spec.name in _EXAMPLE_INPUTS for spec in self.inputs.values())
+
+
+_EXAMPLE_INPUTS = ("examples", tf.saved_model.CLASSIFY_INPUTS)
+
+
+def _examples_input(name: str) -> dict[str, tf.TensorSpec]:
+    return {name: tf.TensorSpec([None], tf.string, name=name)}
+
+
+def _task_outputs(model: MultiTaskModel, task: TaskConfig, features: dict[str, Any]) -> dict[str, Any]:
+    """A task's outputs as TF Serving's Classify (`classes` and `scores`, one column per class) or Regress
+    (`outputs`) expects them, as `tf.estimator`'s heads exported them."""
+    prediction = model(features, training=False)[task.name]
+    if task.type not in ("binary", "multiclass"):
+        return {tf.saved_model.REGRESS_OUTPUTS: prediction}
+    scores = tf.stack([1.0 - prediction, prediction], axis=1) if task.type == "binary" else prediction
+    names = task.classes or tuple(str(i) for i in range(scores.shape[-1]))
+    classes = tf.tile(tf.constant([list(names)]), [tf.shape(scores)[0], 1])
+    return {tf.saved_model.CLASSIFY_OUTPUT_CLASSES: classes, tf.saved_model.CLASSIFY_OUTPUT_SCORES: scores}
+
+
+def signatures(model: MultiTaskModel) -> dict[str, Signature]:
+    """Every signature the export of `model` has (see the module's docstring)."""
+    features = model.config.features
+    predict, raw = tf.saved_model.PREDICT_METHOD_NAME, feature_specs(features)
+    result = {SIGNATURE: Signature(predict, raw, lambda x: model(x, training=False))}
+    if model.has_gates:
+        result[GATES_SIGNATURE] = Signature(predict, raw, model.gate_weights)
+    result[EXAMPLES_SIGNATURE] = Signature(
+        predict, _examples_input("examples"), lambda x: model(parse_examples(features, x["examples"]))
+    )
+    result.update({task.name: _task_signature(model, task) for task in model.config.tasks})
+    return result
+
+
+def _task_signature(model: MultiTaskModel, task: TaskConfig) -> Signature:
+    """A task's classify (binary, multi-class) or regress signature over serialized `tf.Example`s."""
+    classifies = task.type in ("binary", "multiclass")
+    key = tf.saved_model.CLASSIFY_INPUTS  # "inputs", Regress's key too
+
+    def compute(inputs: dict[str, Any]) -> dict[str, Any]:
+        return _task_outputs(model, task, parse_examples(model.config.features, inputs[key]))
+
+    method = tf.saved_model.CLASSIFY_METHOD_NAME if classifies else tf.saved_model.REGRESS_METHOD_NAME
+    return Signature(method, _examples_input(key), compute)
+
+
+def sample_inputs(model: MultiTaskModel, signature: Signature, batch_size: int, seed: int = 0) -> dict:
+    """A deterministic batch of what `signature` takes: `sample_features`, serialized as `tf.Example`s for
+    a signature over them."""
+    features = sample_features(model, batch_size, seed)
+    if not signature.takes_examples:
+        return features
+    (name,) = signature.inputs
+    return {name: to_examples(model.config.features, features)}
+
+
 def _write_saved_model(model: MultiTaskModel, path: Path) -> None:
     archive = ExportArchive()
     archive.track(model)
     # Vocabulary lookup tables are TF resources, not variables: Keras does not reach them through the model.
     for layer in model.preprocessor.lookup_layers():
         archive.track(layer)
-    for name, function in _signature_functions(model).items():
-        archive.add_endpoint(
-            name, tf.function(function), input_signature=[feature_specs(model.config.features)]
-        )
+    exported = signatures(model)
+    for name, signature in exported.items():
+        archive.add_endpoint(name, tf.function(signature.compute), input_signature=[signature.inputs])
     archive.write_out(str(path), verbose=False)
+    _set_methods(path, {name: signature.method for name, signature in exported.items()})
 
 
-def _signature_functions(model: MultiTaskModel) -> dict[str, Any]:
-    """What each exported signature computes from the raw features."""
-    functions = {SIGNATURE: lambda features: model(features, training=False)}
-    if model.has_gates:
-        functions[GATES_SIGNATURE] = model.gate_weights
-    return functions
+def _set_methods(path: Path, methods: dict[str, str]) -> None:
+    """Gives each signature its TF Serving method (Keras writes every one as predict): TF Serving serves a
+    signature to Classify or Regress only when its method says so."""
+    file = path / "saved_model.pb"
+    saved_model = saved_model_pb2.SavedModel.FromString(file.read_bytes())
+    for meta_graph in saved_model.meta_graphs:
+        for name, method in methods.items():
+            meta_graph.signature_def[name].method_name = method
+    file.write_bytes(saved_model.SerializeToString())
 
 
 def _write_warmup_requests(model: MultiTaskModel, path: Path) -> None:
-    """Real predict requests that TF Serving replays on load, so the first user request is not slow."""
+    """Real predict requests that TF Serving replays on load, so the first user request is not slow (one
+    per batch size, for each predict signature)."""
     target = path / WARMUP_FILE
     target.parent.mkdir(parents=True, exist_ok=True)
     with tf.io.TFRecordWriter(str(target)) as writer:
-        for signature_name in _signature_functions(model):
+        for signature_name, signature in signatures(model).items():
+            if signature.method != tf.saved_model.PREDICT_METHOD_NAME:
+                continue
             for batch_size in _WARMUP_BATCH_SIZES:
                 spec = model_pb2.ModelSpec(signature_name=signature_name)
                 request = predict_pb2.PredictRequest(model_spec=spec)
-                for name, values in sample_features(model, batch_size, seed=batch_size).items():
+                for name, values in sample_inputs(model, signature, batch_size, seed=batch_size).items():
                     request.inputs[name].CopyFrom(tf.make_tensor_proto(values))
                 log = prediction_log_pb2.PredictionLog(
                     predict_log=prediction_log_pb2.PredictLog(request=request)
@@ -103,24 +188,37 @@ def _write_warmup_requests(model: MultiTaskModel, path: Path) -> None:
 
 def _check_reload(model: MultiTaskModel, path: Path) -> None:
     """Reloads the export and checks every signature's outputs against the in-memory model's."""
-    signatures = tf.saved_model.load(str(path)).signatures
-    features = sample_features(model, _CHECK_BATCH_SIZE)
-    for signature_name, function in _signature_functions(model).items():
-        expected = {name: np.asarray(value) for name, value in function(features).items()}
-        served = {name: value.numpy() for name, value in signatures[signature_name](**features).items()}
+    loaded = tf.saved_model.load(str(path)).signatures
+    for signature_name, signature in signatures(model).items():
+        inputs = sample_inputs(model, signature, _CHECK_BATCH_SIZE)
+        expected = {name: np.asarray(value) for name, value in signature.compute(inputs).items()}
+        served = {name: value.numpy() for name, value in loaded[signature_name](**inputs).items()}
         if sorted(served) != sorted(expected):
             raise ExportError(
                 f"The exported {signature_name} outputs {sorted(served)} differ from {sorted(expected)}."
             )
         for name, value in expected.items():
-            if served[name].shape != value.shape or not np.allclose(
-                served[name], value, rtol=_RTOL, atol=_ATOL
-            ):
+            same = served[name].shape == value.shape and (
+                np.allclose(served[name], value, rtol=_RTOL, atol=_ATOL)
+                if value.dtype.kind == "f"
+                else np.array_equal(served[name], value)
+            )
+            if not same:
                 raise ExportError(
                     f"The exported model's {signature_name} output {name!r} differs from the in-memory "
-                    f"model's (max |diff| {np.max(np.abs(served[name] - value)):.3g}); the export was "
-                    "discarded."
+                    "model's; the export was discarded."
                 )
+
+
+def _remove_stale_exports(base: Path) -> None:
+    """Removes what killed exports left in `base` (their temporary folders, unchanged for a while)."""
+    for folder in base.glob(f"{EXPORT_TEMP_PREFIX}*"):
+        try:
+            if folder.is_dir() and is_stale_export(folder):
+                shutil.rmtree(folder)
+                logging.info("Removed %s, left by an export that did not finish", folder)
+        except OSError as error:  # another process may be removing it too
+            logging.warning("Could not remove %s: %s", folder, error)
 
 
 def _remove_old_versions(base: Path, exports_to_keep: int | None) -> None:
@@ -151,7 +249,8 @@ def export_saved_model(
     base = _check_export_base(export_base)
     existing = versions(base)
     version = max(int(time.time()), existing[-1] + 1 if existing else 0)
-    staging = Path(tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=base))
+    _remove_stale_exports(base)
+    staging = Path(tempfile.mkdtemp(prefix=f"{EXPORT_TEMP_PREFIX}{version}-", dir=base))
     try:
         saved_model = staging / "saved_model"
         _write_saved_model(model, saved_model)

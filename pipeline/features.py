@@ -41,6 +41,41 @@ def feature_specs(features: Sequence[FeatureConfig]) -> dict[str, tf.TensorSpec]
     return {feature.name: feature_spec(feature) for feature in features}
 
 
+def parse_examples(features: Sequence[FeatureConfig], serialized: Any) -> dict[str, Any]:
+    """Serialized `tf.train.Example`s `[batch]` -> the raw features the model takes: each numeric feature a
+    float list of `dim` values (absent: NaN, a missing number), each other feature one byte string (absent:
+    the empty string). What the export's signatures over `tf.Example` parse."""
+    spec = {
+        f.name: tf.io.FixedLenFeature([f.dim], tf.float32, default_value=[float("nan")] * f.dim)
+        if f.kind == "numeric"
+        else tf.io.FixedLenFeature([], tf.string, default_value="")
+        for f in features
+    }
+    parsed = tf.io.parse_example(serialized, spec)
+    return {
+        f.name: tf.reshape(parsed[f.name], [-1]) if f.kind == "numeric" and f.dim == 1 else parsed[f.name]
+        for f in features
+    }
+
+
+def to_examples(features: Sequence[FeatureConfig], values: Mapping[str, Any]) -> np.ndarray:
+    """Raw feature values (as `feature_specs` describes them) -> serialized `tf.train.Example`s, one per row:
+    the inverse of `parse_examples`, for clients and checks."""
+    rows = len(next(iter(values.values())))
+    serialized = []
+    for row in range(rows):
+        example = tf.train.Example()
+        for f in features:
+            value = values[f.name][row]
+            if f.kind == "numeric":
+                example.features.feature[f.name].float_list.value.extend(np.ravel(value).astype(float))
+            else:
+                text = value if isinstance(value, bytes) else str(value).encode()
+                example.features.feature[f.name].bytes_list.value.append(text)
+        serialized.append(example.SerializeToString())
+    return np.array(serialized, dtype=object)
+
+
 def ids_key(embedding_dim: int) -> str:
     return f"ids_{embedding_dim}"
 

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from pathlib import Path
 
 WARMUP_FILE = Path("assets.extra") / "tf_serving_warmup_requests"
 MAX_GRPC_MESSAGE_BYTES = 2**31 - 1  # TF Serving accepts messages up to INT32_MAX; gRPC's default is 4 MiB
 EXPORT_TEMP_PREFIX = ".tmp-"
+STALE_EXPORT_SECONDS = 600.0  # an export still writing touches its files more often than this
 MAX_VERSION = 2**63 - 1
 _VERSION_NAME = re.compile(r"0|[1-9][0-9]{0,18}", re.ASCII)
 
@@ -40,3 +42,12 @@ def versions(base_path: str | os.PathLike) -> list[int]:
         return []
     found = (version_number(p.name) for p in base.iterdir() if p.is_dir())
     return sorted(v for v in found if v is not None)
+
+
+def is_stale_export(folder: Path, max_age: float = STALE_EXPORT_SECONDS) -> bool:
+    """Whether `folder`, an export's temporary folder, has not changed for `max_age` seconds: the export
+    writing it was killed (one still running renames or removes it before that)."""
+    newest = folder.stat().st_mtime
+    for child in folder.rglob("*"):
+        newest = max(newest, child.lstat().st_mtime)
+    return time.time() - newest >= max_age

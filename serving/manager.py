@@ -29,7 +29,9 @@ from serving.errors import MAX_MESSAGE_CHARS, ServingConfigError, invalid_argume
 from serving.layout import (
     EXPORT_TEMP_PREFIX,
     MAX_VERSION,
+    STALE_EXPORT_SECONDS,
     WARMUP_FILE,
+    is_stale_export,
     looks_like_a_version,
     version_number,
 )
@@ -38,7 +40,6 @@ from serving.servable import Servable
 MAX_WARMUP_RECORDS = 1000
 MAX_ENDED_STATUSES = 16  # per model: versions that were served (or failed) and are gone from disk
 NO_VERSIONS_WARNING_SECONDS = 60.0
-STALE_EXPORT_SECONDS = 600.0  # an export still writing touches its files more often than this
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,14 +88,6 @@ def _warm_up(servable: Servable) -> int:
         servable.run(request.model_spec.signature_name, inputs, tuple(request.output_filter))
         count += 1
     return count
-
-
-def _newest_change(path: Path) -> float:
-    """The latest modification time of `path` and everything under it."""
-    newest = path.stat().st_mtime
-    for child in path.rglob("*"):
-        newest = max(newest, child.lstat().st_mtime)
-    return newest
 
 
 class ModelManager:
@@ -188,7 +181,7 @@ class ModelManager:
         """Removes an export's temporary folder that has not changed for `stale_export_seconds`: the export
         that wrote it was killed (one still running would have renamed or removed it by then)."""
         try:
-            if time.time() - _newest_change(folder) < self._stale_export_seconds:
+            if not is_stale_export(folder, self._stale_export_seconds):
                 return
             shutil.rmtree(folder)
         except OSError as error:

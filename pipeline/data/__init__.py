@@ -62,6 +62,7 @@ def table_config(
     test_files: Sequence[str] = (),
     split: str = "",
     skip_bad_rows: bool = False,
+    reject_non_finite: bool = False,
 ) -> TabularDataConfig:
     """The config of a table in `csv`, `tfrecord` or `parquet` files: file patterns expanded to absolute
     paths, and the schema (a JSON file or a `Schema`) given its column order (a CSV header's, by default).
@@ -76,6 +77,7 @@ def table_config(
         schema=schema_to_dict(tabular.resolve_columns(loaded, train, file_format)),
         split=split,
         skip_bad_rows=skip_bad_rows,
+        reject_non_finite=reject_non_finite,
     )
 
 

@@ -99,6 +99,7 @@ class SchemaTask:
             weight=self.weight,
             metrics=self.metrics,
             num_classes=len(self.classes) if self.type == "multiclass" else 0,
+            classes=self.classes if self.type == "multiclass" else (),
             top_k=self.top_k,
             after=self.after,
             conditional_output=self.conditional_output,

@@ -77,8 +77,10 @@ def _load_entry_points() -> None:
             logging.warning("Skipped the %s entry point %r: %s", ENTRY_POINT_GROUP, entry_point.name, error)
 
 
-def names() -> list[str]:
-    _load_entry_points()
+def names(plugins: bool = True) -> list[str]:
+    """The registered architectures; with `plugins`, also those of installed packages' entry points."""
+    if plugins:
+        _load_entry_points()
     return sorted(_BUILDERS)
 
 

@@ -45,7 +45,7 @@ def test_train_resume_evaluate_export(trained_dir, tmp_path):
         ),
         (
             ["--task_labels=y1,y2", "--task_losses=mse"],
-            "--task_losses has 1 entries (mse) but --task_labels has 2 (y1,y2); give one per task.",
+            "--task_losses has 1 entries (mse) but there are 2 tasks (y1,y2); give one per task.",
         ),
         (
             ["--task_labels=y1,clicks"],

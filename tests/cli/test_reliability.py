@@ -137,3 +137,14 @@ def test_verbose_shows_the_traceback_of_an_error(tmp_path):
     assert verbose.returncode == 2
     assert "Traceback (most recent call last)" in verbose.stderr
     assert verbose.stderr.strip().splitlines()[-1].startswith("mtl train: error: --model_dir=")
+
+
+def test_reject_non_finite_refuses_infinite_numbers_naming_the_column(tmp_path):
+    table = _table(tmp_path / "t.csv", 200, x_cells={0: "inf", 20: "1e300", 40: "nan"})
+    result = mtl_on_csv("train", tmp_path / "run", SCHEMA, table, "--max_steps=2", "--reject_non_finite")
+    assert_one_line_error(
+        result,
+        "train",
+        f"Column 'x' holds 2 infinite or out-of-range numbers in the train split of {table}; fix them, or "
+        "leave out --reject_non_finite to read them as missing.",
+    )

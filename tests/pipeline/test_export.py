@@ -1,11 +1,18 @@
+import dataclasses
+import os
+import time
+
 import numpy as np
 import pytest
 import tensorflow as tf
+from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import prediction_log_pb2
 
 from pipeline import data, export
-from pipeline.errors import ExportError
+from pipeline.config import TaskConfig
+from pipeline.errors import ConfigError, ExportError
 from pipeline.estimator import Estimator
+from pipeline.features import to_examples
 from serving import layout
 from tests.conftest import small_experiment
 
@@ -55,9 +62,15 @@ def test_warmup_requests_match_the_signature(trained, tmp_path):
         log = prediction_log_pb2.PredictionLog.FromString(record.numpy())
         request = log.predict_log.request
         signatures.append(request.model_spec.signature_name)
-        tensor = tf.make_ndarray(request.inputs["inputs"])
-        assert tensor.dtype == np.float32 and tensor.shape[1:] == (100,)
-    assert signatures == ["serving_default"] * 3 + ["gates"] * 3  # batches of 1, 4 and 32 for each
+        if signatures[-1] == "predict":  # serialized tf.Examples of the same features
+            examples = tf.make_ndarray(request.inputs["examples"])
+            parsed = tf.io.parse_example(examples, {"inputs": tf.io.FixedLenFeature([100], tf.float32)})
+            assert parsed["inputs"].shape[1:] == (100,)
+        else:
+            tensor = tf.make_ndarray(request.inputs["inputs"])
+            assert tensor.dtype == np.float32 and tensor.shape[1:] == (100,)
+    # Batches of 1, 4 and 32 for each predict signature (the tasks' classify and regress ones are not).
+    assert signatures == ["serving_default"] * 3 + ["gates"] * 3 + ["predict"] * 3
 
 
 def test_export_base_that_is_a_file(trained, tmp_path):
@@ -135,3 +148,74 @@ def test_ple_gates_are_served_per_level_and_a_model_without_gates_has_no_such_si
     bottom = Estimator(small_experiment("shared_bottom"), tmp_path / "sb")
     bottom.train(data.input_fn(bottom.config, "train"), max_steps=2)
     assert "gates" not in tf.saved_model.load(str(bottom.export(tmp_path / "sb_export"))).signatures
+
+
+def test_every_signature_answers_as_the_in_memory_model_over_raw_features_and_tf_examples(trained, tmp_path):
+    path = trained.export(tmp_path)
+    loaded = tf.saved_model.load(str(path)).signatures
+    methods = {
+        name: definition.method_name
+        for name, definition in saved_model_pb2.SavedModel.FromString((path / "saved_model.pb").read_bytes())
+        .meta_graphs[0]
+        .signature_def.items()
+        if not name.startswith("__")
+    }
+    assert methods == {
+        "serving_default": "tensorflow/serving/predict",
+        "gates": "tensorflow/serving/predict",
+        "predict": "tensorflow/serving/predict",
+        "y1": "tensorflow/serving/regress",  # the tasks' own, as tf.estimator's heads exported them
+        "y2": "tensorflow/serving/regress",
+    }
+    features = export.sample_features(trained.model, 8, seed=3)
+    expected = {name: value.numpy() for name, value in trained.model(features).items()}
+    examples = to_examples(trained.model.config.features, features)
+    from_examples = loaded["predict"](examples=tf.constant(examples))
+    for task in ("y1", "y2"):
+        np.testing.assert_allclose(loaded["serving_default"](**features)[task], expected[task], rtol=1e-5)
+        np.testing.assert_allclose(from_examples[task], expected[task], rtol=1e-5)
+        regressed = loaded[task](inputs=tf.constant(examples))
+        assert list(regressed) == ["outputs"]
+        np.testing.assert_allclose(regressed["outputs"], expected[task], rtol=1e-5)
+
+
+def test_classify_signatures_give_classes_and_scores_per_class(tmp_path):
+    experiment = small_experiment("shared_bottom", save_checkpoints_steps=2)
+    tasks = (
+        TaskConfig("y1_binary", "y1_binary", "binary"),
+        TaskConfig("kind", "y2_binary", "multiclass", num_classes=3, classes=("low", "mid", "high")),
+    )
+    experiment = dataclasses.replace(experiment, model=dataclasses.replace(experiment.model, tasks=tasks))
+    estimator = Estimator(experiment, tmp_path / "run")
+    estimator.train(data.input_fn(experiment, "train"), max_steps=2)
+    loaded = tf.saved_model.load(str(estimator.export(tmp_path / "export"))).signatures
+    features = export.sample_features(estimator.model, 5)
+    expected = {name: value.numpy() for name, value in estimator.model(features).items()}
+    examples = tf.constant(to_examples(estimator.model.config.features, features))
+    binary = loaded["y1_binary"](inputs=examples)
+    np.testing.assert_array_equal(binary["classes"], [[b"0", b"1"]] * 5)
+    np.testing.assert_allclose(binary["scores"][:, 1], expected["y1_binary"], rtol=1e-5)
+    np.testing.assert_allclose(binary["scores"][:, 0], 1 - expected["y1_binary"], rtol=1e-5)
+    kind = loaded["kind"](inputs=examples)
+    np.testing.assert_array_equal(kind["classes"], [[b"low", b"mid", b"high"]] * 5)
+    np.testing.assert_allclose(kind["scores"], expected["kind"], rtol=1e-5)
+
+
+def test_a_task_may_not_take_a_signatures_name():
+    experiment = small_experiment()
+    tasks = (TaskConfig("predict", "y1"), TaskConfig("y2", "y2"))
+    with pytest.raises(ConfigError, match="must not name a task 'predict': the export's signature"):
+        dataclasses.replace(experiment.model, tasks=tasks).validate()
+
+
+def test_an_export_removes_what_a_killed_export_left_behind(trained, tmp_path):
+    base = tmp_path / "export"
+    stale, fresh = base / ".tmp-123-killed", base / ".tmp-124-running"
+    for folder in (stale, fresh):
+        (folder / "saved_model").mkdir(parents=True)
+        (folder / "saved_model" / "saved_model.pb").write_bytes(b"partial")
+    old = time.time() - 3600
+    for path in (stale, stale / "saved_model", stale / "saved_model" / "saved_model.pb"):
+        os.utime(path, (old, old))
+    trained.export(base)
+    assert not stale.exists() and fresh.exists()  # a recent one may be another export still writing

@@ -98,7 +98,7 @@ def test_a_broken_version_is_reported_and_the_old_one_keeps_serving(polling_serv
 
 def test_warmup_requests_are_replayed_and_a_failing_one_fails_the_load(exports, tmp_path):
     good = Servable("mmoe", 1, exports["two_tasks"] / "1")
-    assert _warm_up(good) == 6  # what `mtl export` writes: 3 batch sizes for serving_default and for gates
+    assert _warm_up(good) == 9  # as `mtl export` writes: 3 batch sizes for serving_default, gates, predict
 
     base = tmp_path / "models"
     base.mkdir()

@@ -308,6 +308,39 @@ flags.DEFINE_string(
     None,
     "serve: BatchingParameters text proto for --enable_batching (default: TF Serving's defaults).",
 )
+flags.DEFINE_float(
+    "model_config_file_poll_wait_seconds",
+    0.0,
+    "serve: seconds between looks for changes of --model_config_file, served when it changes (0: never).",
+)
+flags.DEFINE_boolean(
+    "enable_signature_method_name_check",
+    False,
+    "serve: Classify and Regress need a signature of their method (Predict always does).",
+)
+flags.DEFINE_integer(
+    "tensorflow_intra_op_parallelism", 0, "serve: threads within one TensorFlow op (0: TensorFlow picks)."
+)
+flags.DEFINE_integer(
+    "tensorflow_inter_op_parallelism", 0, "serve: TensorFlow ops run at once (0: TensorFlow picks)."
+)
+# tensorflow_model_server flags a deployment passes that change nothing here, accepted with a warning.
+flags.DEFINE_integer("rest_api_num_threads", 0, "serve: accepted; REST runs in one event loop here.")
+flags.DEFINE_integer("grpc_max_threads", 0, "serve: accepted; gRPC runs in one event loop here.")
+flags.DEFINE_boolean(
+    "allow_version_labels_for_unavailable_models",
+    False,
+    "serve: accepted; labels may name any version here, one not available answers NOT_FOUND.",
+)
+flags.DEFINE_float("per_process_gpu_memory_fraction", 0.0, "serve: accepted; serving here runs on the CPU.")
+flags.DEFINE_string("saved_model_tags", "serve", "serve: accepted; the MetaGraph tagged serve is loaded.")
+NO_EFFECT_FLAGS = (
+    "rest_api_num_threads",
+    "grpc_max_threads",
+    "allow_version_labels_for_unavailable_models",
+    "per_process_gpu_memory_fraction",
+    "saved_model_tags",
+)
 flags.DEFINE_string(
     "server", "localhost:8500", "predict: grpc://host:port (or host:port) or http://host:port."
 )
@@ -318,7 +351,12 @@ flags.DEFINE_string(
     "predict: file of predictions, a JSON object per row (default: stdout); data: TFRecord dir.",
 )
 flags.DEFINE_integer("shards", 4, "data: TFRecord shards per split written to --output.")
-flags.DEFINE_string("signature_name", "", "predict: signature to run (default: serving_default).")
+flags.DEFINE_string(
+    "signature_name",
+    "",
+    "predict: signature to run (default: serving_default); a task's classify or regress signature gets the "
+    "rows as tf.Examples.",
+)
 flags.DEFINE_integer("model_version", None, "predict: a specific version (default: the newest).")
 flags.DEFINE_string("version_label", None, "predict: a version label, such as stable.")
 flags.DEFINE_float("timeout_seconds", 10.0, "predict: per request; UNAVAILABLE is retried.")
@@ -695,7 +733,15 @@ def server_options() -> ServerOptions:
         batching=batching,
         max_num_load_retries=FLAGS.max_num_load_retries,
         load_retry_interval_micros=FLAGS.load_retry_interval_micros,
+        model_config_file=FLAGS.model_config_file,
+        model_config_file_poll_wait_seconds=FLAGS.model_config_file_poll_wait_seconds,
+        enable_signature_method_name_check=FLAGS.enable_signature_method_name_check,
     )
+
+
+def ignored_serve_flags() -> list[str]:
+    """The flags of `NO_EFFECT_FLAGS` given on the command line, which `mtl serve` warns about once."""
+    return [name for name in NO_EFFECT_FLAGS if FLAGS[name].present]
 
 
 # -- help -------------------------------------------------------------------------------------------
@@ -829,6 +875,11 @@ HELP_GROUPS: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
             "monitoring_config_file",
             "enable_batching",
             "batching_parameters_file",
+            "model_config_file_poll_wait_seconds",
+            "enable_signature_method_name_check",
+            "tensorflow_intra_op_parallelism",
+            "tensorflow_inter_op_parallelism",
+            *NO_EFFECT_FLAGS,
         ),
     ),
     (

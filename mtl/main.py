@@ -45,8 +45,9 @@ from pipeline.errors import ConfigError, TrainingStopped, UserError  # noqa: E40
 from pipeline.estimator import Estimator  # noqa: E402
 from serving import config as serving_config  # noqa: E402
 from serving import rows  # noqa: E402
-from serving.client import PredictionError, connect  # noqa: E402
+from serving.client import PredictClient, PredictionError, connect  # noqa: E402
 from serving.errors import ServingConfigError  # noqa: E402
+from serving.inference import CLASSIFY_METHOD, REGRESS_METHOD  # noqa: E402
 from serving.server import ModelServer  # noqa: E402
 
 FLAGS = cli_flags.FLAGS
@@ -270,6 +271,13 @@ def data_stage() -> None:
 
 
 def serve() -> None:
+    _set_tensorflow_threads()
+    ignored = cli_flags.ignored_serve_flags()
+    if ignored:
+        logging.warning(
+            "%s: accepted as tensorflow_model_server's, with no effect in this server.",
+            ", ".join(f"--{name}" for name in ignored),
+        )
     server = ModelServer(cli_flags.model_sources(), cli_flags.server_options())
     try:
         server.start()
@@ -289,6 +297,22 @@ def serve() -> None:
     logging.info("Server stopped.")
 
 
+def _set_tensorflow_threads() -> None:
+    """--tensorflow_intra_op_parallelism and --tensorflow_inter_op_parallelism (0 leaves TensorFlow's
+    choice), set before the models load: TensorFlow fixes its thread pools at its first op."""
+    intra, inter = FLAGS.tensorflow_intra_op_parallelism, FLAGS.tensorflow_inter_op_parallelism
+    if intra < 0 or inter < 0:
+        raise ConfigError(
+            "--tensorflow_intra_op_parallelism and --tensorflow_inter_op_parallelism must be 0 or more. "
+            f"Received: `{intra}` and `{inter}`"
+        )
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(intra)
+        tf.config.threading.set_inter_op_parallelism_threads(inter)
+    except RuntimeError as error:  # TensorFlow already ran an op in this process
+        logging.warning("Cannot set TensorFlow's thread pools: %s", error)
+
+
 def predict() -> None:
     if not FLAGS.input:
         raise ConfigError("--input is required: a .jsonl or .csv file of rows.")
@@ -306,6 +330,10 @@ def predict() -> None:
     )
     with client, _output() as out:
         try:
+            method = client.signature().method
+            if method in (CLASSIFY_METHOD, REGRESS_METHOD):
+                _predict_examples(client, method, out)
+                return
             columns = rows.to_columns(rows.read_rows(FLAGS.input), client.signature().inputs, FLAGS.input)
             for batch in rows.batches(columns, FLAGS.predict_batch_size):
                 predictions = client.predict(batch)
@@ -314,6 +342,26 @@ def predict() -> None:
                     out.write(json.dumps(row) + "\n")
         except PredictionError as error:
             raise ConfigError(f"the server answered {error.code}: {error.message}") from None
+
+
+def _predict_examples(client: PredictClient, method: str, out: TextIO) -> None:
+    """The rows as tf.Examples through Classify or Regress: per row `{task: [[label, score], ...]}` or
+    `{task: value}`. The raw features' dtypes (of `serving_default`) type the rows' values, so a CSV's
+    numbers become float features as the model parses them."""
+    task = client.signature_name or "serving_default"
+    columns = rows.to_columns(rows.read_rows(FLAGS.input), client.signature("").inputs, FLAGS.input)
+    for batch in rows.batches(columns, FLAGS.predict_batch_size):
+        examples = [
+            {name: values[index] for name, values in batch.items()}
+            for index in range(len(next(iter(batch.values()))))
+        ]
+        if method == CLASSIFY_METHOD:
+            for classes in client.classify(examples):
+                row = {task: [[label, _shortest(np.float32(score))] for label, score in classes]}
+                out.write(json.dumps(row) + "\n")
+        else:
+            for value in client.regress(examples):
+                out.write(json.dumps({task: _shortest(np.float32(value))}) + "\n")
 
 
 def _shortest(value: np.generic | np.ndarray) -> object:

@@ -2,6 +2,11 @@
 
     client = connect("grpc://localhost:8500", "mmoe")     # or "http://localhost:8501"
     predictions = client.predict({"inputs": batch})       # {"y1": array([...]), "y2": array([...])}
+    client.classify(rows, "ctr")                          # [[("0", 0.8), ("1", 0.2)], ...]
+    client.regress(rows, "watch_time")                    # [12.5, ...]
+
+Classify and Regress take serialized `tf.train.Example`s, `tf.train.Example`s, or rows (`{feature: value}`:
+numbers become float features, strings and bytes bytes features).
 
 Both retry UNAVAILABLE (a server still loading, restarting or swapping versions) with backoff, and time out.
 """
@@ -9,10 +14,11 @@ Both retry UNAVAILABLE (a server still loading, restarting or swapping versions)
 from __future__ import annotations
 
 import abc
+import base64
 import dataclasses
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 from urllib.parse import quote, urlparse
 
@@ -20,27 +26,45 @@ import grpc
 import numpy as np
 import requests
 import tensorflow as tf
+from tensorflow.core.example import example_pb2
 from tensorflow.core.framework import types_pb2
-from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2, prediction_service_pb2_grpc
+from tensorflow_serving.apis import (
+    classification_pb2,
+    get_model_metadata_pb2,
+    input_pb2,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+    regression_pb2,
+)
 
 from serving.layout import MAX_GRPC_MESSAGE_BYTES
 
+PREDICT_METHOD = "tensorflow/serving/predict"
+
 _T = TypeVar("_T")
+Examples = Sequence[bytes | example_pb2.Example | Mapping[str, Any]]
+Classes = list[list[tuple[str, float]]]
 
 
 @dataclasses.dataclass(frozen=True)
 class Signature:
-    """Input and output aliases of a signature, with their numpy dtypes."""
+    """Input and output aliases of a signature, with their numpy dtypes, and its TF Serving method."""
 
     inputs: dict[str, np.dtype]
     outputs: dict[str, np.dtype]
+    method: str = PREDICT_METHOD
 
     @classmethod
-    def from_dtype_enums(cls, inputs: Mapping[str, int], outputs: Mapping[str, int]) -> Signature:
+    def from_dtype_enums(
+        cls, inputs: Mapping[str, int], outputs: Mapping[str, int], method: str = PREDICT_METHOD
+    ) -> Signature:
         def numpy(dtypes: Mapping[str, int]) -> dict[str, np.dtype]:
-            return {alias: tf.dtypes.as_dtype(dtype).as_numpy_dtype for alias, dtype in dtypes.items()}
+            # DT_INVALID (0) marks tensors of no dtype, such as the outputs of `__saved_model_init_op`.
+            return {
+                alias: tf.dtypes.as_dtype(dtype).as_numpy_dtype for alias, dtype in dtypes.items() if dtype
+            }
 
-        return cls(numpy(inputs), numpy(outputs))
+        return cls(numpy(inputs), numpy(outputs), method)
 
 
 class PredictionError(Exception):
@@ -81,14 +105,33 @@ class PredictClient(abc.ABC):
         self.signature_name = signature_name
         self.timeout_seconds = timeout_seconds
         self.retries = retries
+        self._signatures: dict[str, Signature] | None = None
 
     @abc.abstractmethod
     def predict(self, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
         """Runs the signature on a batch of named inputs; returns every output by name."""
 
     @abc.abstractmethod
-    def signature(self) -> Signature:
-        """The signature's input and output dtypes, read once from the model's metadata."""
+    def classify(self, examples: Examples, signature_name: str = "") -> Classes:
+        """Per example, each class's (label, score), from a classify signature (default: the client's)."""
+
+    @abc.abstractmethod
+    def regress(self, examples: Examples, signature_name: str = "") -> list[float]:
+        """One value per example, from a regress signature (default: the client's)."""
+
+    def signature(self, signature_name: str | None = None) -> Signature:
+        """A signature's (default: the client's) inputs, outputs and method, read once from the model's
+        metadata."""
+        name = (self.signature_name if signature_name is None else signature_name) or "serving_default"
+        if self._signatures is None:
+            self._signatures = self._read_signatures()
+        if name not in self._signatures:
+            raise PredictionError("INVALID_ARGUMENT", f"The model has no signature {name!r}.")
+        return self._signatures[name]
+
+    @abc.abstractmethod
+    def _read_signatures(self) -> dict[str, Signature]:
+        """Every signature of the model, from its metadata."""
 
     def _with_retries(self, attempt: Callable[[], _T]) -> _T:
         for remaining in range(self.retries, -1, -1):
@@ -124,11 +167,10 @@ class GrpcClient(PredictClient):
             ],
         )
         self._stub = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
-        self._signature: Signature | None = None
 
-    def _fill_spec(self, spec) -> None:
+    def _fill_spec(self, spec, signature_name: str | None = None) -> None:
         spec.name = self.model_name
-        spec.signature_name = self.signature_name
+        spec.signature_name = self.signature_name if signature_name is None else signature_name
         if self.version is not None:
             spec.version.value = self.version
         elif self.version_label:
@@ -143,19 +185,34 @@ class GrpcClient(PredictClient):
 
         return self._with_retries(attempt)
 
-    def signature(self) -> Signature:
-        if self._signature is None:
-            request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
-            self._fill_spec(request.model_spec)
-            response = self._rpc(self._stub.GetModelMetadata, request)
-            signatures = get_model_metadata_pb2.SignatureDefMap()
-            response.metadata["signature_def"].Unpack(signatures)
-            signature = signatures.signature_def[self.signature_name or "serving_default"]
-            self._signature = Signature.from_dtype_enums(
+    def _read_signatures(self) -> dict[str, Signature]:
+        request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+        self._fill_spec(request.model_spec, "")
+        response = self._rpc(self._stub.GetModelMetadata, request)
+        signatures = get_model_metadata_pb2.SignatureDefMap()
+        response.metadata["signature_def"].Unpack(signatures)
+        return {
+            name: Signature.from_dtype_enums(
                 {alias: info.dtype for alias, info in signature.inputs.items()},
                 {alias: info.dtype for alias, info in signature.outputs.items()},
+                signature.method_name,
             )
-        return self._signature
+            for name, signature in signatures.signature_def.items()
+        }
+
+    def classify(self, examples: Examples, signature_name: str = "") -> Classes:
+        request = classification_pb2.ClassificationRequest()
+        self._fill_spec(request.model_spec, signature_name or None)
+        request.input.CopyFrom(_input(examples))
+        response = self._rpc(self._stub.Classify, request)
+        return [[(c.label, c.score) for c in item.classes] for item in response.result.classifications]
+
+    def regress(self, examples: Examples, signature_name: str = "") -> list[float]:
+        request = regression_pb2.RegressionRequest()
+        self._fill_spec(request.model_spec, signature_name or None)
+        request.input.CopyFrom(_input(examples))
+        response = self._rpc(self._stub.Regress, request)
+        return [r.value for r in response.result.regressions]
 
     def predict(self, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
         dtypes = self.signature().inputs
@@ -183,7 +240,6 @@ class RestClient(PredictClient):
         elif self.version_label:
             path += f"/labels/{quote(self.version_label, safe='')}"
         self._model_url = path
-        self._signature: Signature | None = None
 
     def _request(self, method: str, url: str, body: str | None = None) -> Any:
         def attempt() -> Any:
@@ -205,23 +261,29 @@ class RestClient(PredictClient):
 
         return self._with_retries(attempt)
 
-    def signature(self) -> Signature:
-        if self._signature is None:
-            metadata = self._request("GET", f"{self._model_url}/metadata")
-            signature = metadata["metadata"]["signature_def"]["signature_def"][
-                self.signature_name or "serving_default"
-            ]
-            self._signature = Signature.from_dtype_enums(
-                {
-                    alias: types_pb2.DataType.Value(info["dtype"])
-                    for alias, info in signature["inputs"].items()
-                },
-                {
-                    alias: types_pb2.DataType.Value(info["dtype"])
-                    for alias, info in signature["outputs"].items()
-                },
+    def _read_signatures(self) -> dict[str, Signature]:
+        metadata = self._request("GET", f"{self._model_url}/metadata")
+        return {
+            name: Signature.from_dtype_enums(
+                _dtype_enums(signature["inputs"]),
+                _dtype_enums(signature["outputs"]),
+                signature.get("method_name", PREDICT_METHOD),
             )
-        return self._signature
+            for name, signature in metadata["metadata"]["signature_def"]["signature_def"].items()
+        }
+
+    def _examples_call(self, verb: str, examples: Examples, signature_name: str) -> list[Any]:
+        payload: dict[str, Any] = {"examples": [_example_json(example) for example in _to_examples(examples)]}
+        if signature_name or self.signature_name:
+            payload["signature_name"] = signature_name or self.signature_name
+        return self._request("POST", f"{self._model_url}:{verb}", json.dumps(payload))["results"]
+
+    def classify(self, examples: Examples, signature_name: str = "") -> Classes:
+        results = self._examples_call("classify", examples, signature_name)
+        return [[(str(label), float(score)) for label, score in item] for item in results]
+
+    def regress(self, examples: Examples, signature_name: str = "") -> list[float]:
+        return [float(value) for value in self._examples_call("regress", examples, signature_name)]
 
     def predict(self, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
         signature = self.signature()
@@ -241,6 +303,10 @@ class RestClient(PredictClient):
 
     def close(self) -> None:
         self._session.close()
+
+
+def _dtype_enums(infos: Mapping[str, Any]) -> dict[str, int]:
+    return {alias: types_pb2.DataType.Value(info["dtype"]) for alias, info in infos.items()}
 
 
 _HTTP_CODES = {
@@ -266,11 +332,70 @@ def _error_text(response: requests.Response) -> str:
 
 
 def _jsonable(array: np.ndarray) -> Any:
+    """Strings as JSON strings; bytes that are not UTF-8 (serialized examples) as `{"b64": ...}`."""
     if array.dtype.kind in "SO":
-        return np.vectorize(lambda v: v.decode("utf-8") if isinstance(v, bytes) else v, otypes=[object])(
+        return np.vectorize(lambda v: _bytes_json(v) if isinstance(v, bytes) else v, otypes=[object])(
             array
         ).tolist()
     return array.tolist()
+
+
+def _to_examples(examples: Examples) -> list[example_pb2.Example]:
+    """Serialized examples, examples or rows, as examples: a row's numbers become float features (how the
+    exported models parse numeric features), its strings and bytes bytes features."""
+    if isinstance(examples, (bytes, str, Mapping)):
+        raise TypeError("Give a sequence of examples, serialized examples or rows, not one of them.")
+    result = []
+    for item in examples:
+        if isinstance(item, example_pb2.Example):
+            result.append(item)
+        elif isinstance(item, (bytes, np.bytes_)):
+            result.append(example_pb2.Example.FromString(bytes(item)))
+        else:
+            result.append(_row_example(item))
+    return result
+
+
+def _row_example(row: Mapping[str, Any]) -> example_pb2.Example:
+    example = example_pb2.Example()
+    for name, value in row.items():
+        feature = example.features.feature[name]
+        for item in np.ravel(np.asarray(value, dtype=object)):
+            if isinstance(item, str):
+                feature.bytes_list.value.append(item.encode("utf-8"))
+            elif isinstance(item, (bytes, np.bytes_)):
+                feature.bytes_list.value.append(bytes(item))
+            else:
+                feature.float_list.value.append(float(item))
+    return example
+
+
+def _input(examples: Examples) -> input_pb2.Input:
+    input_proto = input_pb2.Input()
+    input_proto.example_list.examples.extend(_to_examples(examples))
+    return input_proto
+
+
+def _example_json(example: example_pb2.Example) -> dict[str, Any]:
+    """An example as TF Serving's REST `examples` element: floats as JSON numbers with a fraction (so they
+    stay floats), int64s as integers, bytes as strings or, when not UTF-8, `{"b64": ...}`."""
+    row: dict[str, Any] = {}
+    for name, feature in example.features.feature.items():
+        kind = feature.WhichOneof("kind")
+        if kind == "float_list":
+            row[name] = [float(value) for value in feature.float_list.value]
+        elif kind == "int64_list":
+            row[name] = list(feature.int64_list.value)
+        elif kind == "bytes_list":
+            row[name] = [_bytes_json(value) for value in feature.bytes_list.value]
+    return row
+
+
+def _bytes_json(value: bytes) -> Any:
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        return {"b64": base64.b64encode(value).decode("ascii")}
 
 
 def connect(server: str, model_name: str, **kwargs: Any) -> PredictClient:

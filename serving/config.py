@@ -54,18 +54,31 @@ def _parse_text_proto(path: Path, message):
 
 
 def read_model_config_file(path: str | Path) -> list[ModelSource]:
-    """The models of a `models.config` file (a `ModelServerConfig` text proto)."""
+    """The models of a `models.config` file (a `ModelServerConfig` text proto); relative base paths are
+    relative to the file's folder."""
     path = Path(path)
     config = _parse_text_proto(path, model_server_config_pb2.ModelServerConfig())
+    return model_sources(config, str(path), path.parent)
+
+
+def model_sources(
+    config: model_server_config_pb2.ModelServerConfig, origin: str, relative_to: Path | None = None
+) -> list[ModelSource]:
+    """The models of a `ModelServerConfig` (from a file, or a ReloadConfigRequest).
+
+    Raises:
+        ServingConfigError: no model list, another platform, or a model without a name or configured twice,
+            naming `origin`.
+    """
     if not config.HasField("model_config_list"):
-        raise ServingConfigError(f"{path} has no model_config_list.")
+        raise ServingConfigError(f"{origin} has no model_config_list.")
     sources = []
     for model in config.model_config_list.config:
         if model.model_platform not in ("", "tensorflow"):
-            raise ServingConfigError(f"{path}: model {model.name!r} has platform {model.model_platform!r}.")
+            raise ServingConfigError(f"{origin}: model {model.name!r} has platform {model.model_platform!r}.")
         base_path = Path(model.base_path)
-        if not base_path.is_absolute():
-            base_path = path.parent / base_path
+        if not base_path.is_absolute() and relative_to is not None:
+            base_path = relative_to / base_path
         policy = model.model_version_policy.WhichOneof("policy_choice") or "latest"
         sources.append(
             ModelSource(
@@ -77,7 +90,7 @@ def read_model_config_file(path: str | Path) -> list[ModelSource]:
                 labels=tuple(sorted(model.version_labels.items())),
             )
         )
-    _check_sources(sources, str(path))
+    _check_sources(sources, origin)
     return sources
 
 

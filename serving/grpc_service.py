@@ -10,6 +10,7 @@ A request's tensors are checked (dtype, shape, how many values they declare) bef
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -18,18 +19,25 @@ import grpc
 from absl import logging
 from google.protobuf import descriptor, message, message_factory
 from tensorflow_serving.apis import (
+    classification_pb2,
     get_model_metadata_pb2,
     get_model_status_pb2,
+    inference_pb2,
+    model_management_pb2,
     model_pb2,
     model_service_pb2,
     model_service_pb2_grpc,
     predict_pb2,
     prediction_service_pb2,
     prediction_service_pb2_grpc,
+    regression_pb2,
 )
 
-from serving.errors import ServingError, invalid_argument, shown
+from serving import inference_calls
+from serving.config import model_sources
+from serving.errors import ServingConfigError, ServingError, invalid_argument, shown
 from serving.fair_executor import INLINE_BYTES, Lane
+from serving.inference import CLASSIFY_METHOD, REGRESS_METHOD, check_multi_inference
 from serving.limits import check_elements
 from serving.manager import ModelManager
 from serving.metrics import ServingMetrics
@@ -54,11 +62,6 @@ async def _call(context: grpc.aio.ServicerContext, answer: Awaitable[Any]) -> An
         logging.exception("gRPC request failed")
         failure = ServingError(grpc.StatusCode.INTERNAL, f"Internal error: {error}")
     await context.abort(failure.code, failure.message)
-
-
-async def _unimplemented(request: Any, context: grpc.aio.ServicerContext) -> None:
-    """What gRPC answers for a method a server lacks; these exports have only predict signatures."""
-    await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Method not implemented!")
 
 
 async def _now(fn: Callable[[], Any]) -> Any:
@@ -111,22 +114,30 @@ def add_servicer(
 
 
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
-    """Predict and GetModelMetadata; Classify, Regress and MultiInference answer UNIMPLEMENTED.
+    """Predict, Classify, Regress, MultiInference and GetModelMetadata.
 
     Args:
         manager: the served models.
         metrics: where request counts and latencies go.
         lane: the gRPC lane of the model threads.
         max_request_elements: requests whose tensors declare more values than this get RESOURCE_EXHAUSTED.
+        method_check: Classify and Regress need a signature of their method, as with TF Serving's
+            `--enable_signature_method_name_check`.
     """
 
     def __init__(
-        self, manager: ModelManager, metrics: ServingMetrics, lane: Lane, max_request_elements: int
+        self,
+        manager: ModelManager,
+        metrics: ServingMetrics,
+        lane: Lane,
+        max_request_elements: int,
+        method_check: bool = False,
     ) -> None:
         self.manager = manager
         self.metrics = metrics
         self.lane = lane
         self.max_request_elements = max_request_elements
+        self.method_check = method_check
 
     async def Predict(  # noqa: N802
         self, request: predict_pb2.PredictRequest, context: grpc.aio.ServicerContext
@@ -198,7 +209,48 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
                 raise _tensor_error(alias, error) from None
         return inputs
 
-    Classify = Regress = MultiInference = staticmethod(_unimplemented)  # noqa: N815
+    async def Classify(  # noqa: N802
+        self, request: classification_pb2.ClassificationRequest, context: grpc.aio.ServicerContext
+    ) -> classification_pb2.ClassificationResponse:
+        return await _call(context, self._on_examples(request, "classify", CLASSIFY_METHOD))
+
+    async def Regress(  # noqa: N802
+        self, request: regression_pb2.RegressionRequest, context: grpc.aio.ServicerContext
+    ) -> regression_pb2.RegressionResponse:
+        return await _call(context, self._on_examples(request, "regress", REGRESS_METHOD))
+
+    async def _on_examples(self, request: Any, api: str, method: str) -> Any:
+        if not request.HasField("model_spec"):
+            raise invalid_argument("Missing ModelSpec")
+        spec = request.model_spec
+        with self.metrics.observe(spec.name, api, "GRPC"):
+            servable = _resolve(self.manager, spec)
+            return await inference_calls.run(
+                method,
+                servable,
+                spec.signature_name,
+                request.input,
+                self.lane,
+                self.max_request_elements,
+                self.method_check,
+            )
+
+    async def MultiInference(  # noqa: N802
+        self, request: inference_pb2.MultiInferenceRequest, context: grpc.aio.ServicerContext
+    ) -> inference_pb2.MultiInferenceResponse:
+        return await _call(context, self._multi_inference(request))
+
+    async def _multi_inference(
+        self, request: inference_pb2.MultiInferenceRequest
+    ) -> inference_pb2.MultiInferenceResponse:
+        name = request.tasks[0].model_spec.name if request.tasks else ""
+        with self.metrics.observe(name, "multi_inference", "GRPC"):
+            check_multi_inference(request)
+            # Every task names the same model; the first task's version or label chooses the servable.
+            servable = _resolve(self.manager, request.tasks[0].model_spec)
+            return await inference_calls.multi_inference(
+                servable, request, self.lane, self.max_request_elements, self.method_check
+            )
 
     async def GetModelMetadata(  # noqa: N802
         self, request: get_model_metadata_pb2.GetModelMetadataRequest, context: grpc.aio.ServicerContext
@@ -220,12 +272,41 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
 
 
 class ModelService(model_service_pb2_grpc.ModelServiceServicer):
-    """GetModelStatus; HandleReloadConfigRequest answers UNIMPLEMENTED."""
+    """GetModelStatus and HandleReloadConfigRequest."""
 
-    def __init__(self, manager: ModelManager) -> None:
+    def __init__(self, manager: ModelManager, metrics: ServingMetrics) -> None:
         self.manager = manager
+        self.metrics = metrics
 
-    HandleReloadConfigRequest = staticmethod(_unimplemented)  # noqa: N815
+    async def HandleReloadConfigRequest(  # noqa: N802
+        self, request: model_management_pb2.ReloadConfigRequest, context: grpc.aio.ServicerContext
+    ) -> model_management_pb2.ReloadConfigResponse:
+        return await _call(context, self._reload(request))
+
+    async def _reload(
+        self, request: model_management_pb2.ReloadConfigRequest
+    ) -> model_management_pb2.ReloadConfigResponse:
+        """Answers once the new models are loaded (in a thread: loading takes seconds, and the loop keeps
+        answering the models that stay meanwhile); a failure is the call's status, as TF Serving's is."""
+        if request.config.WhichOneof("config") != "model_config_list":
+            raise invalid_argument(
+                "ServerModelConfig type not supported by HandleReloadConfigRequest. "
+                "Only ModelConfigList is currently supported"
+            )
+        try:
+            sources = model_sources(request.config, "The ReloadConfigRequest")
+            unavailable = await asyncio.to_thread(self.manager.reload_config, sources)
+        except ServingConfigError as error:
+            raise invalid_argument(str(error)) from None
+        self.metrics.set_model_names(self.manager.model_names)
+        if unavailable:
+            raise ServingError(
+                grpc.StatusCode.UNKNOWN,
+                f"Some models did not become available: {{{', '.join(unavailable)}}}",
+            )
+        response = model_management_pb2.ReloadConfigResponse()
+        response.status.error_code = 0  # OK
+        return response
 
     async def GetModelStatus(  # noqa: N802
         self, request: get_model_status_pb2.GetModelStatusRequest, context: grpc.aio.ServicerContext

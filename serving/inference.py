@@ -24,6 +24,7 @@ from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow_serving.apis import classification_pb2, inference_pb2, input_pb2, regression_pb2
 
 from serving.errors import ServingError, invalid_argument
+from serving.rest_json import format_scalar
 
 CLASSIFY_METHOD = "tensorflow/serving/classify"
 REGRESS_METHOD = "tensorflow/serving/regress"
@@ -277,13 +278,19 @@ def _json_type(value: Any) -> str:
 
 
 def classification_json(result: classification_pb2.ClassificationResult) -> str:
-    """`{"results": [[[label, score], ...], ...]}`: per example, each class's label and score."""
-    return json.dumps(
-        {RESULTS_KEY: [[[c.label, c.score] for c in item.classes] for item in result.classifications]},
-        allow_nan=True,
+    """`{"results":[[[label,score],...],...]}`: per example, each class's label and score; scores are
+    float32 in their shortest round-trip form, as every float TF Serving writes."""
+    items = (
+        "[" + ",".join(f"[{json.dumps(c.label)},{_float(c.score)}]" for c in item.classes) + "]"
+        for item in result.classifications
     )
+    return f'{{"{RESULTS_KEY}":[{",".join(items)}]}}'
 
 
 def regression_json(result: regression_pb2.RegressionResult) -> str:
-    """`{"results": [value, ...]}`: one value per example."""
-    return json.dumps({RESULTS_KEY: [r.value for r in result.regressions]}, allow_nan=True)
+    """`{"results":[value,...]}`: one value per example."""
+    return f'{{"{RESULTS_KEY}":[{",".join(_float(r.value) for r in result.regressions)}]}}'
+
+
+def _float(value: float) -> str:
+    return format_scalar(np.float32(value), "")

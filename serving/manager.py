@@ -262,29 +262,65 @@ class ModelManager:
     def refresh(self) -> None:
         """Loads the versions each policy wants, then unloads the rest (load before unload)."""
         with self._refresh_lock:
-            for name, source in self._sources.items():
-                on_disk = self._on_disk(source)
-                if on_disk is None:
-                    continue
-                given_up = {v for v, f in self._failures[name].items() if f.retry_at is None}
-                wanted = source.wanted([v for v in on_disk if v not in given_up])
-                loaded = dict(self._servables[name])
-                for version in wanted:
-                    if version not in loaded and self._due(name, version):
-                        servable = self._load(source, version)
-                        if servable is not None:
-                            loaded[version] = servable
-                            self._servables[name] = dict(loaded)  # serve it as soon as it is ready
-                # While a wanted version waits for a retry, the versions serving now stay.
-                keep = set(wanted) | (set(on_disk) if set(wanted) - set(loaded) else set())
-                for version in [v for v in loaded if v not in keep]:
+            self._refresh(self._sources)
+
+    def reload_config(self, sources: Iterable[ModelSource]) -> list[str]:
+        """Serves `sources` instead of the current models, as TF Serving's HandleReloadConfigRequest: the
+        models listed load (a listed one already served follows its new policy and labels), then those no
+        longer listed unload, so requests to the models that stay never fail. Returns the listed models that
+        have no version available afterwards.
+
+        Raises:
+            ServingConfigError: for an empty list.
+        """
+        new = {source.name: source for source in sources}
+        if not new:
+            raise ServingConfigError("No model to serve: the new config lists no model.")
+        with self._refresh_lock:
+            for name in new:
+                self._servables.setdefault(name, {})
+                self._statuses.setdefault(name, {})
+                self._failures[name] = {}  # a new config gets fresh load attempts, as TF Serving's
+                self._warned_names.setdefault(name, set())
+            self._sources = {**self._sources, **new}  # removed models serve on while the new ones load
+            self._refresh(new)
+            removed = [name for name in self._sources if name not in new]
+            self._sources = dict(new)
+            for name in removed:
+                loaded = self._servables.pop(name)
+                for version, servable in sorted(loaded.items()):
                     self._set_status(name, VersionStatus(version, "UNLOADING"))
-                    servable = loaded.pop(version)
-                    self._servables[name] = dict(loaded)
                     servable.close()
                     self._set_status(name, VersionStatus(version, "END"))
-                    logging.info("Unloaded %s version %d", name, version)
-                self._forget_gone(name, on_disk)
+                    logging.info("Unloaded %s version %d: no longer in the model config", name, version)
+                self._failures.pop(name, None)
+                self._warned_names.pop(name, None)
+            return sorted(name for name in new if not self._servables[name])
+
+    def _refresh(self, sources: dict[str, ModelSource]) -> None:
+        for name, source in sources.items():
+            on_disk = self._on_disk(source)
+            if on_disk is None:
+                continue
+            given_up = {v for v, f in self._failures[name].items() if f.retry_at is None}
+            wanted = source.wanted([v for v in on_disk if v not in given_up])
+            loaded = dict(self._servables[name])
+            for version in wanted:
+                if version not in loaded and self._due(name, version):
+                    servable = self._load(source, version)
+                    if servable is not None:
+                        loaded[version] = servable
+                        self._servables[name] = dict(loaded)  # serve it as soon as it is ready
+            # While a wanted version waits for a retry, the versions serving now stay.
+            keep = set(wanted) | (set(on_disk) if set(wanted) - set(loaded) else set())
+            for version in [v for v in loaded if v not in keep]:
+                self._set_status(name, VersionStatus(version, "UNLOADING"))
+                servable = loaded.pop(version)
+                self._servables[name] = dict(loaded)
+                servable.close()
+                self._set_status(name, VersionStatus(version, "END"))
+                logging.info("Unloaded %s version %d", name, version)
+            self._forget_gone(name, on_disk)
 
     def start_polling(self, interval_seconds: float) -> None:
         """Refreshes every `interval_seconds` in a background thread (0 or less: never)."""

@@ -43,6 +43,10 @@ class ServingMetrics:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
 
+    def set_model_names(self, model_names: Iterable[str]) -> None:
+        """The served models after a config reload; series of models no longer served stay."""
+        self._model_names = frozenset(model_names) | {name for name, _ in self._counts}
+
     def record(self, model_name: str, api: str, entrypoint: str, status: str, seconds: float) -> None:
         micros = seconds * 1e6
         if model_name not in self._model_names:

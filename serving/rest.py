@@ -22,8 +22,9 @@ import grpc
 import numpy as np
 from absl import logging
 from aiohttp import web
+from tensorflow_serving.apis import input_pb2
 
-from serving import rest_json
+from serving import inference, inference_calls, rest_json
 from serving.errors import ServingError, invalid_argument, shown, too_large
 from serving.fair_executor import INLINE_BYTES, Lane
 from serving.layout import MAX_VERSION
@@ -59,6 +60,8 @@ class RestFrontend:
         timeout_seconds: a body arriving slower gets a 408, a request running longer a 504, as
             `--rest_api_timeout_in_ms`.
         metrics_path: the Prometheus path, or None to serve no metrics.
+        method_check: `:classify` and `:regress` need a signature of their method, as with TF Serving's
+            `--enable_signature_method_name_check`.
     """
 
     def __init__(
@@ -70,6 +73,7 @@ class RestFrontend:
         max_request_elements: int,
         timeout_seconds: float,
         metrics_path: str | None,
+        method_check: bool = False,
     ) -> None:
         self.manager = manager
         self.metrics = metrics
@@ -78,6 +82,7 @@ class RestFrontend:
         self.max_request_elements = max_request_elements
         self.timeout_seconds = timeout_seconds
         self.metrics_path = metrics_path
+        self.method_check = method_check
 
     def application(self) -> web.Application:
         # The body limit is enforced in `_body`, which answers in TF Serving's JSON error form.
@@ -100,7 +105,9 @@ class RestFrontend:
                     response = _error_response(error)
                     response.force_close()
                     return response
-                return await self._run(self._predict(match, version, body))
+                if match.group(4).lower() == "predict":
+                    return await self._run(self._predict(match, version, body))
+                return await self._run(self._infer(match, version, body))
             if request.method == "GET" and (match := STATUS_URL.fullmatch(path)):
                 return await self._run(self._status_or_metadata(match))
             if not path.lower().startswith("/v1/"):
@@ -156,14 +163,44 @@ class RestFrontend:
         name = unquote(name)
         with self.metrics.observe(name, verb.lower(), "REST"):
             servable, signature_name, inputs, row_format = await self._off_loop_if_large(
-                len(body), self._parse_predict, name, version, label, verb, body
+                len(body), self._parse_predict, name, version, label, body
             )
             outputs = await servable.run_async(signature_name, inputs, (), self.lane)
             text = await self._off_loop_if_large(len(body), rest_json.format_response, outputs, row_format)
             return 200, text
 
+    async def _infer(self, match: re.Match, version: int | None, body: bytes) -> tuple[int, str]:
+        """`:classify` or `:regress`: the body's examples through the signature, answered as TF Serving's
+        `{"results": [...]}`."""
+        name, _, label, verb = match.groups()
+        name, verb = unquote(name), verb.lower()
+        with self.metrics.observe(name, verb, "REST"):
+            signature_name, input_proto = await self._off_loop_if_large(len(body), self._parse_examples, body)
+            servable = self.manager.servable(name, version, _label(label))
+            classify = verb == "classify"
+            method = inference.CLASSIFY_METHOD if classify else inference.REGRESS_METHOD
+            response = await inference_calls.run(
+                method,
+                servable,
+                signature_name,
+                input_proto,
+                self.lane,
+                self.max_request_elements,
+                self.method_check,
+            )
+            if classify:
+                return 200, inference.classification_json(response.result)
+            return 200, inference.regression_json(response.result)
+
+    def _parse_examples(self, body: bytes) -> tuple[str, input_pb2.Input]:
+        document = rest_json.parse_body(body, self.max_request_elements)
+        signature_name = document.get("signature_name", "") if isinstance(document, dict) else ""
+        if not isinstance(signature_name, str):
+            raise invalid_argument("'signature_name' key must be a string value.")
+        return signature_name, inference.input_from_json(document)
+
     def _parse_predict(
-        self, name: str, version: int | None, label: str | None, verb: str, body: bytes
+        self, name: str, version: int | None, label: str | None, body: bytes
     ) -> tuple[Servable, str, dict[str, np.ndarray], bool]:
         document = rest_json.parse_body(body, self.max_request_elements)
         signature_name, payload, row_format = rest_json.parse_predict_request(document)
@@ -174,10 +211,10 @@ class RestFrontend:
                 f'Serving signature name: "{shown(signature_name or "serving_default")}" '
                 "not found in signature def"
             )
-        if verb.lower() != "predict" or signature.method_name != PREDICT_METHOD:
+        if signature.method_name != PREDICT_METHOD:
             raise invalid_argument(
-                f"Expected {verb.lower()} signature method_name to be "
-                f"tensorflow/serving/{verb.lower()}. Was: {signature.method_name}"
+                f"Expected prediction signature method_name to be {PREDICT_METHOD}. "
+                f"Was: {signature.method_name}"
             )
         return (
             servable,

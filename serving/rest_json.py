@@ -267,7 +267,9 @@ def tensors_from_json(
 # -- responses ------------------------------------------------------------------------------------
 
 
-def _format_scalar(value: Any, alias: str) -> str:
+def format_scalar(value: Any, alias: str) -> str:
+    """One value as TF Serving writes it: floats in shortest round-trip form, `NaN`, `Infinity`; bytes as a
+    string, or `{"b64": ...}` for an output alias ending in `_bytes`."""
     if isinstance(value, (bytes, np.bytes_)):
         if alias.endswith("_bytes"):
             return json.dumps({"b64": base64.b64encode(value).decode("ascii")}, separators=(",", ":"))
@@ -289,9 +291,9 @@ def _format_scalar(value: Any, alias: str) -> str:
 
 def _format(array: Any, alias: str) -> str:
     if not isinstance(array, np.ndarray):  # an element of an object (string) array
-        return _format_scalar(array, alias)
+        return format_scalar(array, alias)
     if array.ndim == 0:
-        return _format_scalar(array[()], alias)
+        return format_scalar(array[()], alias)
     return "[" + ",".join(_format(item, alias) for item in array) + "]"
 
 

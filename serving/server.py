@@ -21,13 +21,14 @@ import os
 import socket
 import threading
 from collections.abc import Coroutine, Iterable
+from pathlib import Path
 from typing import Any
 
 import grpc
 from absl import logging
 from aiohttp import web
 
-from serving.config import DEFAULT_METRICS_PATH, BatchingOptions, ModelSource
+from serving.config import DEFAULT_METRICS_PATH, BatchingOptions, ModelSource, read_model_config_file
 from serving.errors import ServingConfigError
 from serving.fair_executor import FairExecutor
 from serving.grpc_service import (
@@ -74,6 +75,9 @@ class ServerOptions:
     batching: BatchingOptions | None = None
     max_num_load_retries: int = LoadRetries.max_num_load_retries
     load_retry_interval_micros: int = LoadRetries.load_retry_interval_micros
+    model_config_file: str | None = None  # re-read every `model_config_file_poll_wait_seconds` (0: never)
+    model_config_file_poll_wait_seconds: float = 0.0
+    enable_signature_method_name_check: bool = False  # Classify and Regress need a signature of their method
 
     def __post_init__(self) -> None:
         for name, port in (("gRPC", self.grpc_port), ("REST", self.rest_port)):
@@ -148,6 +152,8 @@ class ModelServer:
             self.stop()
             raise
         self.manager.start_polling(self.options.poll_seconds)
+        if self.options.model_config_file and self.options.model_config_file_poll_wait_seconds > 0:
+            threading.Thread(target=self._watch_config_file, name="config-poller", daemon=True).start()
         logging.info(
             "Serving %s: gRPC on %s:%d, REST on %s:%d",
             ", ".join(self.manager.model_names),
@@ -175,9 +181,15 @@ class ModelServer:
             maximum_concurrent_rpcs=self.options.max_connections,
         )
         lane = self._executor.lane("grpc")
-        prediction = PredictionService(self.manager, self.metrics, lane, self.options.max_request_elements)
+        prediction = PredictionService(
+            self.manager,
+            self.metrics,
+            lane,
+            self.options.max_request_elements,
+            self.options.enable_signature_method_name_check,
+        )
         add_servicer(self._grpc, prediction, PREDICTION_SERVICE, lane)
-        add_servicer(self._grpc, ModelService(self.manager), MODEL_SERVICE, lane)
+        add_servicer(self._grpc, ModelService(self.manager, self.metrics), MODEL_SERVICE, lane)
         address = f"{self.options.host}:{self.options.grpc_port}"
         try:
             self.grpc_port = self._grpc.add_insecure_port(address)
@@ -196,6 +208,7 @@ class ModelServer:
             max_request_elements=self.options.max_request_elements,
             timeout_seconds=self.options.rest_timeout_ms / 1000,
             metrics_path=self.options.metrics_path,
+            method_check=self.options.enable_signature_method_name_check,
         )
         # aiohttp closes a connection waiting this long for a request: idle, or still sending its headers.
         self._runner = web.AppRunner(
@@ -258,6 +271,30 @@ class ModelServer:
         if self._rest_socket is not None:
             self._rest_socket.close()
 
+    def _watch_config_file(self) -> None:
+        """Serves the models of `model_config_file` whenever its content changes, as TF Serving's
+        `--model_config_file_poll_wait_seconds`; a config that cannot be used is logged and the served
+        models stay."""
+        path = Path(self.options.model_config_file)
+        seen = _read_text(path)
+        while not self._stopped.wait(self.options.model_config_file_poll_wait_seconds):
+            text = _read_text(path)
+            if text is None or text == seen:
+                continue
+            seen = text
+            try:
+                unavailable = self.manager.reload_config(read_model_config_file(path))
+            except ServingConfigError as error:
+                logging.error("Keeping the served models: %s", error)
+                continue
+            except Exception:
+                logging.exception("Reloading %s failed", path)
+                continue
+            self.metrics.set_model_names(self.manager.model_names)
+            logging.info("Serving %s from the changed %s", ", ".join(self.manager.model_names), path)
+            if unavailable:
+                logging.warning("Not available after the reload: %s", ", ".join(unavailable))
+
     def stop(self, grace_seconds: float = 1.0) -> None:
         """Stops polling, lets in-flight requests finish for up to `grace_seconds`, closes the ports."""
         if self._stopped.is_set():
@@ -284,3 +321,11 @@ class ModelServer:
 
     def __exit__(self, *exc_info) -> None:
         self.stop()
+
+
+def _read_text(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except OSError as error:
+        logging.log_every_n_seconds(logging.WARNING, "Cannot read %s: %s", LIMIT_LOG_SECONDS, path, error)
+        return None

@@ -120,8 +120,8 @@ def test_error_codes_and_messages(channel):
         "tensor parsing error: inputs (tensor_content holds 400 values for shape [5, 100])",
     )
     assert _error(stub.Classify, classification_pb2.ClassificationRequest()) == (
-        grpc.StatusCode.UNIMPLEMENTED,
-        "Method not implemented!",
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "Missing ModelSpec",
     )
     filtered = _request()
     filtered.output_filter.append("y3")

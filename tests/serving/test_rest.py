@@ -195,8 +195,7 @@ def test_metadata_document(rest_url):
             "/v1/models/mmoe:classify",
             {"instances": [ROW]},
             400,
-            "Expected classify signature method_name to be tensorflow/serving/classify. "
-            "Was: tensorflow/serving/predict",
+            "JSON Value: When method is classify, key 'examples' is expected and was not found",
         ),
     ],
 )

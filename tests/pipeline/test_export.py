@@ -1,6 +1,9 @@
 import dataclasses
 import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -219,3 +222,31 @@ def test_an_export_removes_what_a_killed_export_left_behind(trained, tmp_path):
         os.utime(path, (old, old))
     trained.export(base)
     assert not stale.exists() and fresh.exists()  # a recent one may be another export still writing
+
+
+def test_saved_model_cli_shows_every_signature_as_tf_serving_reads_them(trained, tmp_path):
+    """What `saved_model_cli show --all` (the tool TF Serving users inspect exports with) reports."""
+    path = trained.export(tmp_path)
+    shown = subprocess.run(
+        [str(Path(sys.executable).parent / "saved_model_cli"), "show", "--all", "--dir", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+    blocks = {block.split("']", 1)[0]: block for block in shown.split("signature_def['")[1:] if "']" in block}
+    methods = {
+        name: block.split("Method name is: ")[1].split()[0]
+        for name, block in blocks.items()
+        if not name.startswith("__")
+    }
+    assert methods == {
+        "gates": "tensorflow/serving/predict",
+        "predict": "tensorflow/serving/predict",
+        "serving_default": "tensorflow/serving/predict",
+        "y1": "tensorflow/serving/regress",
+        "y2": "tensorflow/serving/regress",
+    }
+    assert "inputs['examples'] tensor_info:\n        dtype: DT_STRING" in blocks["predict"]
+    assert "inputs['inputs'] tensor_info:\n        dtype: DT_STRING" in blocks["y1"]
+    assert "outputs['outputs'] tensor_info:\n        dtype: DT_FLOAT\n        shape: (-1)" in blocks["y1"]

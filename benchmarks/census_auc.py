@@ -35,8 +35,8 @@ flags.DEFINE_integer("max_steps", 2000, "Training steps per run.")
 flags.DEFINE_integer("batch_size", 512, "Batch size.")
 FLAGS = flags.FLAGS
 
-# The MMoE paper's census-income group-1 AUC for MMoE (best / mean over its runs), as quoted in the issue
-# that asked for this benchmark. The paper's other rows are not recorded here, so they print as "-".
+# The MMoE paper's census-income group-1 AUC for MMoE (best / mean over its runs). The paper's other rows are
+# not recorded here, so they print as "-".
 PAPER = {"mmoe": {"income": (0.9410, 0.9359), "marital": (0.9926, 0.9927)}}
 # Sizes in the spirit of the paper's census setup: 8 experts of 16 units (MMoE/OMoE), towers of 8, and a
 # shared bottom of a comparable parameter count.

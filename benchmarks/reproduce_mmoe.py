@@ -271,22 +271,42 @@ def summarise(values: list[float]) -> dict[str, float]:
 # -- report -------------------------------------------------------------------------------------------------
 
 
+def _final_losses(runs: list[dict[str, Any]], p: float, model: str) -> dict[int, float]:
+    """Each seed's final eval loss (y1 + y2) of `model` at task correlation `p`."""
+    return {
+        r["seed"]: sum(r["eval_loss"][t][-1] for t in ("y1", "y2"))
+        for r in runs
+        if (r["p"], r["model"]) == (p, model)
+    }
+
+
 def synthetic_tables(results: dict[str, Any]) -> Iterator[str]:
+    """Per task correlation and model, the final losses over seeds; then each model against shared-bottom,
+    paired by seed (a seed draws the same tasks and data for every model, so pairing removes their spread)."""
     runs = [r for r in results.values() if r["experiment"] == "synthetic"]
     yield "| p | model | runs | final eval loss, mean [95% interval] | median | best | std |"
     yield "| --- | --- | --- | --- | --- | --- | --- |"
     for p in sorted({r["p"] for r in runs}):
         for model in FLAGS.models:
-            finals = [
-                sum(r["eval_loss"][t][-1] for t in ("y1", "y2"))
-                for r in runs
-                if (r["p"], r["model"]) == (p, model)
-            ]
+            finals = list(_final_losses(runs, p, model).values())
             if finals:
                 s = summarise(finals)
                 yield (
                     f"| {p} | {model} | {s['runs']} | {s['mean']:.5f} [{s['low']:.5f}, {s['high']:.5f}] | "
                     f"{s['median']:.5f} | {s['best']:.5f} | {s['std']:.5f} |"
+                )
+    yield ""
+    yield "| p | model - shared_bottom | runs | mean difference [95% interval] | p-value (sign flips) |"
+    yield "| --- | --- | --- | --- | --- |"
+    for p in sorted({r["p"] for r in runs}):
+        baseline = _final_losses(runs, p, "shared_bottom")
+        for model in FLAGS.models:
+            mine = _final_losses(runs, p, model)
+            if model != "shared_bottom" and set(mine) & set(baseline):
+                d = paired_difference(mine, baseline)
+                yield (
+                    f"| {p} | {model} | {d['runs']} | {d['mean']:+.5f} [{d['low']:+.5f}, {d['high']:+.5f}] | "
+                    f"{d['p_value']:.3f} |"
                 )
 
 

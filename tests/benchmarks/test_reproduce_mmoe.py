@@ -50,6 +50,8 @@ def test_a_tiny_synthetic_sweep_writes_results_and_plots_and_resumes(tmp_path):
         assert (tmp_path / picture).read_bytes()[:4] == b"\x89PNG"
     tables = (tmp_path / "reproduction_tables.md").read_text()
     assert "| 0.5 | mmoe | 2 |" in tables and "| 0.5 | shared_bottom | 2 |" in tables
+    paired = tables.split("| model - shared_bottom |")[1]  # each model against shared-bottom, by seed
+    assert "| 0.5 | mmoe | 2 |" in paired and "shared_bottom |" not in paired.split("## Census")[0]
 
     again = _reproduce(tmp_path, *flags, "--seeds=3")  # one more seed: only the new runs train
     assert again.returncode == 0, again.stderr

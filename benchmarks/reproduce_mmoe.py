@@ -54,8 +54,10 @@ flags.DEFINE_list("models", ["shared_bottom", "omoe", "mmoe", "ple", "single_tas
 flags.DEFINE_list("p", ["0.5", "0.9", "1.0"], "Synthetic task correlations.")
 flags.DEFINE_integer("seeds", 20, "Runs per model and task correlation.")
 flags.DEFINE_integer("synthetic_examples", 10_000, "Synthetic training examples per run.")
-flags.DEFINE_integer("synthetic_steps", 3000, "Training steps per synthetic run.")
-flags.DEFINE_integer("eval_every_steps", 100, "Synthetic runs evaluate this often (the loss curves).")
+flags.DEFINE_integer(
+    "synthetic_steps", 20_000, "Training steps per synthetic run (at 3,000 every model is still learning)."
+)
+flags.DEFINE_integer("eval_every_steps", 500, "Synthetic runs evaluate this often (the loss curves).")
 flags.DEFINE_list("census_groups", ["1", "2"], "Census-income task groups.")
 flags.DEFINE_integer("census_seeds", 10, "Runs per model and census group.")
 flags.DEFINE_integer("census_steps", 2000, "Training steps per census run.")

@@ -53,6 +53,7 @@ from serving.server import ModelServer  # noqa: E402
 FLAGS = cli_flags.FLAGS
 T = TypeVar("T")
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+STOP_POLL_SECONDS = 0.5  # how soon the main thread runs a signal's handler that another thread received
 _SIGNAL_NAMES = {each.name for each in _STOP_SIGNALS}
 # A stopped training exits with 128 + the signal's number, as a shell reports a process a signal ended:
 # 130 after SIGINT (Ctrl-C), 143 after SIGTERM. Its checkpoint is saved; rerunning resumes.
@@ -148,7 +149,7 @@ def _stoppable(estimator: Estimator, work: Callable[[], T]) -> T:
     try:
         worker.start()
         while worker.is_alive():
-            worker.join(timeout=0.5)
+            worker.join(timeout=STOP_POLL_SECONDS)
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
@@ -284,8 +285,9 @@ def serve() -> None:
     except OSError as error:
         server.stop()
         raise ConfigError(str(error)) from None
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: threading.Thread(target=server.stop).start())
+    stop_signals: list[int] = []
+    for signum in _STOP_SIGNALS:
+        signal.signal(signum, lambda signum, _frame: stop_signals.append(signum))
     host = server.options.host
     models = ", ".join(server.manager.model_names)
     print(
@@ -293,8 +295,12 @@ def serve() -> None:
         "Ctrl-C stops.",
         flush=True,
     )
-    server.wait()
-    logging.info("Server stopped.")
+    # Polled rather than a blocking wait: the kernel may hand the signal to one of TensorFlow's or gRPC's
+    # threads, and then Python runs the handler only when the main thread next runs Python code.
+    while not stop_signals:
+        time.sleep(STOP_POLL_SECONDS)
+    server.stop()
+    logging.info("Server stopped by %s.", signal.Signals(stop_signals[0]).name)
 
 
 def _set_tensorflow_threads() -> None:

@@ -50,6 +50,7 @@ ACCEPT_BACKOFF_SECONDS = (0.05, 2.0)  # first and longest wait before accepting 
 LIMIT_LOG_SECONDS = 10.0  # at most one log line this often about a limit reached
 GRPC_KEEPALIVE_TIMEOUT_MS = 20_000
 LINGER_SECONDS = 2.0  # after refusing a body (408, 413), how long the rest of it is read before closing
+SHUTDOWN_GRACE_SECONDS = 1.0  # at stop, how long each front end lets the requests in flight finish
 
 
 @dataclasses.dataclass(frozen=True)
@@ -216,6 +217,7 @@ class ModelServer:
             access_log=None,
             keepalive_timeout=self.options.idle_timeout_seconds,
             lingering_time=LINGER_SECONDS,
+            shutdown_timeout=SHUTDOWN_GRACE_SECONDS,
         )
         await self._runner.setup()
         family = socket.AF_INET6 if ":" in self.options.host else socket.AF_INET
@@ -295,8 +297,9 @@ class ModelServer:
             if unavailable:
                 logging.warning("Not available after the reload: %s", ", ".join(unavailable))
 
-    def stop(self, grace_seconds: float = 1.0) -> None:
-        """Stops polling, lets in-flight requests finish for up to `grace_seconds`, closes the ports."""
+    def stop(self) -> None:
+        """Stops polling, lets in-flight requests finish for up to `SHUTDOWN_GRACE_SECONDS`, closes the
+        ports."""
         if self._stopped.is_set():
             return
         self._stopped.set()
@@ -306,15 +309,11 @@ class ModelServer:
             if self._runner is not None:
                 self._loops["rest"].run(self._runner.cleanup())
         if "grpc" in self._loops and self._grpc is not None:
-            self._loops["grpc"].run(self._grpc.stop(grace_seconds))
+            self._loops["grpc"].run(self._grpc.stop(SHUTDOWN_GRACE_SECONDS))
         for loop in self._loops.values():
             loop.close()
         self._executor.close()
         self.manager.close()
-
-    def wait(self) -> None:
-        """Blocks until `stop()` is called (from a signal handler, say)."""
-        self._stopped.wait()
 
     def __enter__(self) -> ModelServer:
         return self.start()

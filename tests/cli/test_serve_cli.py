@@ -1,5 +1,6 @@
 """`mtl serve` and `mtl predict` as separate processes, as a user runs them."""
 
+import ctypes
 import json
 import re
 import signal
@@ -122,8 +123,20 @@ def test_serve_refuses_a_busy_port_and_stops_on_sigterm(served):
     assert f"Cannot listen for gRPC on 127.0.0.1:{port}" in busy.stderr.strip().splitlines()[-1]
 
     process = served["process"]
-    process.send_signal(signal.SIGTERM)
+    _signal_another_thread(process.pid, signal.SIGTERM)
     assert process.wait(timeout=30) == 0
+    assert "Server stopped by SIGTERM." in process.stderr.read()
+
+
+def _signal_another_thread(pid: int, signum: int) -> None:
+    """Sends `signum` to a thread of process `pid` other than its main thread, as the kernel does when the
+    main thread has a signal pending already: a main thread blocked in a wait would never run the handler."""
+    for task in sorted(Path(f"/proc/{pid}/task").iterdir()):
+        blocked = int(re.search(r"SigBlk:\s*([0-9a-f]+)", (task / "status").read_text()).group(1), 16)
+        if int(task.name) != pid and not blocked & (1 << (signum - 1)):
+            assert ctypes.CDLL(None, use_errno=True).tgkill(pid, int(task.name), signum) == 0
+            return
+    raise AssertionError(f"every thread of {pid} but the main one blocks signal {signum}")
 
 
 def test_batching_parameters_need_enable_batching(served):

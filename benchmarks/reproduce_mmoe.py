@@ -54,6 +54,8 @@ flags.DEFINE_list("models", ["shared_bottom", "omoe", "mmoe", "ple", "single_tas
 flags.DEFINE_list("p", ["0.5", "0.9", "1.0"], "Synthetic task correlations.")
 flags.DEFINE_integer("seeds", 20, "Runs per model and task correlation.")
 flags.DEFINE_integer("synthetic_examples", 10_000, "Synthetic training examples per run.")
+flags.DEFINE_float("synthetic_c", 0.3, "Scale of the synthetic tasks' weight vectors (the seeds' 0.3).")
+flags.DEFINE_integer("synthetic_m", 5, "Sine terms of each synthetic task (the seeds' 5).")
 flags.DEFINE_integer(
     "synthetic_steps", 20_000, "Training steps per synthetic run (at 3,000 every model is still learning)."
 )
@@ -99,7 +101,12 @@ def _experiment(spec: dict[str, Any], data_config: DataConfig, features: Any, ta
 
 def _synthetic_run(spec: dict[str, Any]) -> dict[str, Any]:
     synthetic_config = SyntheticDataConfig(
-        num_examples=spec["examples"], eval_examples=spec["examples"] // 5, p=spec["p"], seed=spec["seed"]
+        num_examples=spec["examples"],
+        eval_examples=spec["examples"] // 5,
+        p=spec["p"],
+        c=spec["c"],
+        m=spec["m"],
+        seed=spec["seed"],
     )
     tasks = (TaskConfig("y1", "y1"), TaskConfig("y2", "y2"))
     config = _experiment(
@@ -178,6 +185,8 @@ def planned_runs() -> list[dict[str, Any]]:
             "experiment": "synthetic",
             "budget": mmoe_parameters(None),
             "examples": FLAGS.synthetic_examples,
+            "c": FLAGS.synthetic_c,
+            "m": FLAGS.synthetic_m,
             "steps": FLAGS.synthetic_steps,
             "eval_every": FLAGS.eval_every_steps,
         }

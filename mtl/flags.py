@@ -102,8 +102,8 @@ flags.DEFINE_float("dropout", 0.0, "Dropout rate after every hidden layer.")
 flags.DEFINE_integer(
     "param_budget",
     None,
-    "Scale --expert_units (mixtures, PLE) or --bottom_units (shared_bottom, single_task) so that the model "
-    "has this many parameters, within 2%.",
+    "Scale --expert_units (mixtures, PLE) or --bottom_units (shared_bottom, single_task, esmm) so that the "
+    "model has this many parameters, within 2%.",
 )
 flags.DEFINE_enum(
     "loss_weighting",

@@ -10,16 +10,16 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from pipeline import task_types
 from pipeline.errors import ConfigError
-
-_HIGHER_IS_BETTER = ("auc",)
 
 
 def direction(metric: str, mode: str = "auto") -> str:
-    """`max` or `min`: `mode` itself, or for `auto` what the metric's name implies (AUC up, the rest down)."""
+    """`max` or `min`: `mode` itself, or for `auto` what the metric's task type says of it (AUC and accuracy
+    up, losses and errors down)."""
     if mode != "auto":
         return mode
-    return "max" if metric.rsplit("/", 1)[-1] in _HIGHER_IS_BETTER else "min"
+    return "max" if task_types.higher_is_better(metric.rsplit("/", 1)[-1]) else "min"
 
 
 def metric_value(results: Mapping[str, Any], metric: str) -> float:

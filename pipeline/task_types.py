@@ -69,6 +69,7 @@ class TaskType:
         activation: the default output activation, from logits to what the model serves.
         activations: the output activations the losses allow.
         per_class: whether the task has a logit (and serves a probability) per class, rather than one.
+        rising_metrics: the metrics that are better higher (the rest, like every loss, are better lower).
     """
 
     losses: Mapping[str, Loss]
@@ -77,6 +78,7 @@ class TaskType:
     activation: str
     activations: tuple[str, ...]
     per_class: bool = False
+    rising_metrics: tuple[str, ...] = ()
 
     @property
     def default_loss(self) -> str:
@@ -93,6 +95,7 @@ TASK_TYPES: dict[str, TaskType] = {
         default_metrics=("auc", "log_loss"),
         activation="sigmoid",
         activations=("sigmoid",),
+        rising_metrics=("auc",),
     ),
     "regression": TaskType(
         losses={"mse": _mse, "huber": _huber},
@@ -125,5 +128,11 @@ TASK_TYPES: dict[str, TaskType] = {
         activation="softmax",
         activations=("softmax",),
         per_class=True,
+        rising_metrics=("accuracy", "top_k_accuracy"),
     ),
 }
+
+
+def higher_is_better(metric: str) -> bool:
+    """Whether a higher value of the metric named `metric` (of any task type) is the better one."""
+    return any(metric in task_type.rising_metrics for task_type in TASK_TYPES.values())

@@ -37,11 +37,15 @@ def looks_like_a_version(name: str) -> bool:
 
 def versions(base_path: str | os.PathLike) -> list[int]:
     """The integer versions present under `base_path`, oldest first (none when it is not a directory)."""
-    base = Path(base_path)
-    if not base.is_dir():
+    if not Path(base_path).is_dir():
         return []
-    found = (version_number(p.name) for p in base.iterdir() if p.is_dir())
-    return sorted(v for v in found if v is not None)
+    return sorted(version for _, version in folders(base_path) if version is not None)
+
+
+def folders(base_path: str | os.PathLike) -> list[tuple[Path, int | None]]:
+    """Each folder under `base_path` with the version it holds, None for a folder that is no version (an
+    export's temporary folder, say). Raises OSError when `base_path` cannot be listed."""
+    return [(child, version_number(child.name)) for child in Path(base_path).iterdir() if child.is_dir()]
 
 
 def is_stale_export(folder: Path, max_age: float = STALE_EXPORT_SECONDS) -> bool:

@@ -31,9 +31,9 @@ from serving.layout import (
     MAX_VERSION,
     STALE_EXPORT_SECONDS,
     WARMUP_FILE,
+    folders,
     is_stale_export,
     looks_like_a_version,
-    version_number,
 )
 from serving.servable import Servable
 
@@ -137,7 +137,7 @@ class ModelManager:
         path cannot be read (missing, or out of file descriptors), which is no reason to unload anything."""
         base = source.base_path
         try:
-            children = [child for child in base.iterdir() if child.is_dir()]
+            children = folders(base)
         except FileNotFoundError:
             self._warn_no_versions(source, f"Could not find base path {base} for servable {source.name}")
             return None
@@ -148,8 +148,8 @@ class ModelManager:
             return None
         warned = self._warned_names[source.name]
         found = []
-        for child in children:
-            if (version := version_number(child.name)) is not None:
+        for child, version in children:
+            if version is not None:
                 found.append(version)
             elif child.name.startswith(EXPORT_TEMP_PREFIX):
                 self._remove_if_stale(source, child)
@@ -162,7 +162,7 @@ class ModelManager:
                     source.name,
                     MAX_VERSION,
                 )
-        self._warned_names[source.name] = warned & {child.name for child in children}
+        self._warned_names[source.name] = warned & {child.name for child, _ in children}
         if not found:
             self._warn_no_versions(
                 source, f"No versions of servable {source.name} found under base path {base}"

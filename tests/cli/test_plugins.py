@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
+import urllib.request
 from pathlib import Path
 
+import numpy as np
 import tensorflow as tf
 
 from tests.cli.commands import SMALL, _env, assert_one_line_error
@@ -39,12 +42,14 @@ def test_an_imported_architecture_trains_evaluates_and_exports_and_serves_withou
     (plugins / "my_package").mkdir(parents=True)
     (plugins / "my_package" / "__init__.py").write_text("")
     (plugins / "my_package" / "architectures.py").write_text(PLUGIN)
+    (plugins / "my_package" / "more.py").write_text(PLUGIN.replace("wide_bottom", "other_bottom"))
     model_dir = tmp_path / "run"
 
     trained = _mtl(
         plugins,
         "train",
         "--import=my_package.architectures",
+        "--import=my_package.more",
         "--model=wide_bottom",
         f"--model_dir={model_dir}",
         "--max_steps=20",
@@ -52,7 +57,8 @@ def test_an_imported_architecture_trains_evaluates_and_exports_and_serves_withou
     )
     assert trained.returncode == 0, trained.stderr
     assert json.loads((model_dir / "config.json").read_text())["model"]["imports"] == [
-        "my_package.architectures"
+        "my_package.architectures",
+        "my_package.more",
     ]
     # Later stages import it from the saved config: no --import.
     evaluated = _mtl(plugins, "evaluate", f"--model_dir={model_dir}")
@@ -61,20 +67,34 @@ def test_an_imported_architecture_trains_evaluates_and_exports_and_serves_withou
     exported = _mtl(plugins, "export", f"--model_dir={model_dir}", f"--export_base={tmp_path / 'export'}")
     assert exported.returncode == 0, exported.stderr
 
-    # The SavedModel runs where the plugin is not installed.
+    # `mtl serve` serves the export where the plugin is not installed, as the SavedModel computes it.
     (version,) = list((tmp_path / "export").iterdir())
-    check = (
-        "import sys, numpy as np, tensorflow as tf\n"
-        "assert 'my_package' not in sys.modules\n"
-        f"f = tf.saved_model.load({str(version)!r}).signatures['serving_default']\n"
-        "out = f(inputs=tf.constant(np.zeros((2, 100), np.float32)))\n"
-        "print(sorted(out), out['y1'].shape)\n"
+    rows = np.random.default_rng(3).normal(size=(2, 100)).astype(np.float32)
+    expected = tf.saved_model.load(str(version)).signatures["serving_default"](inputs=tf.constant(rows))
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mtl", "serve", "--model_name=wide"]
+        + [f"--model_base_path={tmp_path / 'export'}", "--port=0", "--rest_api_port=0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(),
     )
-    served = subprocess.run(
-        [sys.executable, "-c", check], capture_output=True, text=True, env=_env(), timeout=120
-    )
-    assert served.returncode == 0, served.stderr
-    assert served.stdout.strip() == "['y1', 'y2'] (2,)"
+    try:
+        line = server.stdout.readline()
+        match = re.search(r"REST (http://\S+), gRPC", line)
+        assert match, (line, server.stderr.read() if server.poll() is not None else "")
+        request = urllib.request.Request(
+            f"{match.group(1)}/v1/models/wide:predict",
+            data=json.dumps({"inputs": {"inputs": rows.tolist()}}).encode(),
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            outputs = json.loads(response.read())["outputs"]
+    finally:
+        server.kill()
+    assert sorted(outputs) == ["y1", "y2"]
+    for task in ("y1", "y2"):
+        np.testing.assert_allclose(outputs[task], expected[task].numpy(), rtol=1e-5)
+    assert "my_package" not in sys.modules
 
     # Without the plugin on the path, a stage says which module it cannot import.
     missing = _mtl(None, "evaluate", f"--model_dir={model_dir}")

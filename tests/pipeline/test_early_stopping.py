@@ -50,6 +50,10 @@ def _first_stop(history, metric, **kwargs):
         ("y1/mae", "min"),
         ("income/log_loss", "min"),
         ("auc/loss", "min"),  # the metric's name decides, not the task's
+        ("plan/accuracy", "max"),
+        ("plan/top_k_accuracy", "max"),
+        ("plan/cross_entropy", "min"),
+        ("visits/poisson_deviance", "min"),
     ],
 )
 def test_direction_follows_the_metric_name(metric, expected):

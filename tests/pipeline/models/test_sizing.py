@@ -4,7 +4,7 @@ import pytest
 
 from pipeline.errors import ConfigError
 from pipeline.models.sizing import fit_to_budget, parameter_count
-from tests.pipeline.models.test_models import PAPER
+from tests.pipeline.models.test_models import FUNNEL, PAPER
 
 
 @pytest.mark.parametrize("architecture", ["mmoe", "omoe", "ple", "shared_bottom", "single_task"])
@@ -13,6 +13,12 @@ def test_every_architecture_is_sized_within_two_percent_of_the_budget(architectu
     sized = fit_to_budget(dataclasses.replace(PAPER, architecture=architecture), budget)
     assert abs(parameter_count(sized) - budget) <= 0.02 * budget
     assert sized.tower_units == PAPER.tower_units and sized.num_experts == PAPER.num_experts
+
+
+def test_esmm_is_sized_within_two_percent_of_the_budget():
+    sized = fit_to_budget(FUNNEL, 20_000)
+    assert abs(parameter_count(sized) - 20_000) <= 0.02 * 20_000
+    assert sized.bottom_units != FUNNEL.bottom_units and sized.tower_units == FUNNEL.tower_units
 
 
 def test_the_widths_keep_their_proportions():

@@ -12,6 +12,11 @@ The signatures:
   multi-head export gave each head: a classify signature (`classes`, `scores`) for a binary or multi-class
   task, a regress signature (`outputs`) for a regression or count task, so TF Serving's Classify and Regress
   APIs serve them.
+
+The signatures over `tf.train.Example`s read one input tensor, `input_example_tensor`, as the Estimator's
+export did: TF Serving's MultiInference runs several of them on one batch only when their input tensor is
+the same. The export is checked twice: reloaded with `tf.saved_model.load`, and run in a session from its
+graph and signature definitions, as TF Serving's C++ loader runs it.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import tensorflow as tf
 from absl import logging
 from keras.export import ExportArchive
 from tensorflow.core.protobuf import saved_model_pb2
+from tensorflow.python.saved_model import fingerprinting_utils, loader_impl
 from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
 from pipeline.config import SIGNATURE_NAMES, TaskConfig
@@ -39,6 +45,7 @@ from pipeline.models import MultiTaskModel
 from serving.layout import EXPORT_TEMP_PREFIX, WARMUP_FILE, is_stale_export, versions
 
 SIGNATURE, GATES_SIGNATURE, EXAMPLES_SIGNATURE = SIGNATURE_NAMES
+EXAMPLE_INPUT_TENSOR = "input_example_tensor"  # the name the Estimator's parsing receiver gave it
 _WARMUP_BATCH_SIZES = (1, 4, 32)
 _CHECK_BATCH_SIZE = 16
 _RTOL, _ATOL = 1e-5, 1e-6
@@ -152,18 +159,35 @@ def _write_saved_model(model: MultiTaskModel, path: Path) -> None:
     for name, signature in exported.items():
         archive.add_endpoint(name, tf.function(signature.compute), input_signature=[signature.inputs])
     archive.write_out(str(path), verbose=False)
-    _set_methods(path, {name: signature.method for name, signature in exported.items()})
+    _as_tf_serving_reads_it(path, exported)
 
 
-def _set_methods(path: Path, methods: dict[str, str]) -> None:
-    """Gives each signature its TF Serving method (Keras writes every one as predict): TF Serving serves a
-    signature to Classify or Regress only when its method says so."""
+def _as_tf_serving_reads_it(path: Path, exported: dict[str, Signature]) -> None:
+    """Gives each signature its TF Serving method (Keras writes every one as predict; TF Serving serves a
+    signature to Classify or Regress only when its method says so), and makes the signatures over
+    `tf.train.Example`s read one input tensor, `EXAMPLE_INPUT_TENSOR` (Keras gives each its own
+    placeholder). Only the graph and signature definitions change, which TF Serving reads;
+    `tf.saved_model.load` restores the signatures from the saved functions and is unaffected."""
     file = path / "saved_model.pb"
     saved_model = saved_model_pb2.SavedModel.FromString(file.read_bytes())
     for meta_graph in saved_model.meta_graphs:
-        for name, method in methods.items():
-            meta_graph.signature_def[name].method_name = method
+        own_inputs = set()
+        for name, signature in exported.items():
+            definition = meta_graph.signature_def[name]
+            definition.method_name = signature.method
+            if signature.takes_examples:
+                (info,) = definition.inputs.values()
+                own_inputs.add(info.name.split(":")[0])
+                info.name = f"{EXAMPLE_INPUT_TENSOR}:0"
+        nodes = meta_graph.graph_def.node
+        placeholders = [i for i, node in enumerate(nodes) if node.name in own_inputs]
+        nodes[placeholders[0]].name = EXAMPLE_INPUT_TENSOR
+        for index in reversed(placeholders[1:]):
+            del nodes[index]
+        for node in nodes:
+            node.input[:] = [EXAMPLE_INPUT_TENSOR if name in own_inputs else name for name in node.input]
     file.write_bytes(saved_model.SerializeToString())
+    fingerprinting_utils.write_fingerprint(str(path))  # of the saved_model.pb just written
 
 
 def _write_warmup_requests(model: MultiTaskModel, path: Path) -> None:
@@ -187,27 +211,56 @@ def _write_warmup_requests(model: MultiTaskModel, path: Path) -> None:
 
 
 def _check_reload(model: MultiTaskModel, path: Path) -> None:
-    """Reloads the export and checks every signature's outputs against the in-memory model's."""
+    """Reloads the export, with `tf.saved_model.load` and as TF Serving does (`run_in_session`), and checks
+    every signature's outputs against the in-memory model's."""
+    exported = signatures(model)
+    inputs = {name: sample_inputs(model, each, _CHECK_BATCH_SIZE) for name, each in exported.items()}
     loaded = tf.saved_model.load(str(path)).signatures
-    for signature_name, signature in signatures(model).items():
-        inputs = sample_inputs(model, signature, _CHECK_BATCH_SIZE)
-        expected = {name: np.asarray(value) for name, value in signature.compute(inputs).items()}
-        served = {name: value.numpy() for name, value in loaded[signature_name](**inputs).items()}
-        if sorted(served) != sorted(expected):
+    in_session = run_in_session(path, inputs)
+    for signature_name, signature in exported.items():
+        expected = {
+            name: np.asarray(value) for name, value in signature.compute(inputs[signature_name]).items()
+        }
+        served = {name: v.numpy() for name, v in loaded[signature_name](**inputs[signature_name]).items()}
+        for how, outputs in (("reloaded", served), ("run in a session", in_session[signature_name])):
+            _check_outputs(signature_name, how, outputs, expected)
+
+
+def run_in_session(path: str | os.PathLike, inputs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each signature's outputs for its `inputs` (signature -> input name -> values), from a TF1 session
+    of the export's graph, fed and fetched by the tensor names of its signature definitions: how TF Serving
+    runs a SavedModel."""
+    graph = tf.Graph()
+    with graph.as_default(), tf.compat.v1.Session(graph=graph) as session:
+        # tf.compat.v1.saved_model.load less its deprecation warning.
+        loaded = loader_impl.SavedModelLoader(str(path)).load(session, [tf.saved_model.SERVING])
+        definitions = loaded.signature_def
+        return {
+            name: session.run(
+                {output: info.name for output, info in definitions[name].outputs.items()},
+                {definitions[name].inputs[key].name: value for key, value in values.items()},
+            )
+            for name, values in inputs.items()
+        }
+
+
+def _check_outputs(signature_name: str, how: str, served: dict[str, Any], expected: dict[str, Any]) -> None:
+    if sorted(served) != sorted(expected):
+        raise ExportError(
+            f"The exported {signature_name} outputs {sorted(served)} differ from {sorted(expected)}."
+        )
+    for name, value in expected.items():
+        got = np.asarray(served[name])
+        same = got.shape == value.shape and (
+            np.allclose(got, value, rtol=_RTOL, atol=_ATOL)
+            if value.dtype.kind == "f"
+            else np.array_equal(got, value)
+        )
+        if not same:
             raise ExportError(
-                f"The exported {signature_name} outputs {sorted(served)} differ from {sorted(expected)}."
+                f"The exported model's {signature_name} output {name!r}, {how}, differs from the in-memory "
+                "model's; the export was discarded."
             )
-        for name, value in expected.items():
-            same = served[name].shape == value.shape and (
-                np.allclose(served[name], value, rtol=_RTOL, atol=_ATOL)
-                if value.dtype.kind == "f"
-                else np.array_equal(served[name], value)
-            )
-            if not same:
-                raise ExportError(
-                    f"The exported model's {signature_name} output {name!r} differs from the in-memory "
-                    "model's; the export was discarded."
-                )
 
 
 def _remove_stale_exports(base: Path) -> None:

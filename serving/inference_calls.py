@@ -123,7 +123,7 @@ async def multi_inference(
             inputs, or an empty input.
     """
     plans: list[tuple[str, _Api, tuple[str, ...]]] = []
-    input_name: tuple[int, bytes] | None = None
+    input_name: str | None = None
     for task in request.tasks:
         name = task.model_spec.signature_name or DEFAULT_SIGNATURE
         signature = servable.signature_def(name)
@@ -131,10 +131,9 @@ async def multi_inference(
             raise invalid_argument(f"Requested signature not found in model graph: {shown(name)}")
         api = _APIS[task.method_name]
         outputs = _checked_outputs(task.method_name, signature, method_check)
-        # TF2 exports name each signature's input tensor after the signature, so "the same input" is the
-        # same alias, dtype and shape: every task can then read the one batch of examples.
-        info = signature.inputs[inference.INPUTS]
-        tensor = (info.dtype, info.tensor_shape.SerializeToString(deterministic=True))
+        # As TF Serving: the signatures must read one tensor of the graph, which this project's exports
+        # share (a SavedModel written by Keras alone gives each signature a placeholder of its own).
+        tensor = signature.inputs[inference.INPUTS].name
         if input_name is not None and tensor != input_name:
             raise invalid_argument("Input tensor must be the same for all Signatures.")
         input_name = tensor

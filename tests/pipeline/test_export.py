@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
+from tensorflow.python.saved_model import fingerprinting_utils
 from tensorflow_serving.apis import prediction_log_pb2
 
 from pipeline import data, export
@@ -250,3 +251,45 @@ def test_saved_model_cli_shows_every_signature_as_tf_serving_reads_them(trained,
     assert "inputs['examples'] tensor_info:\n        dtype: DT_STRING" in blocks["predict"]
     assert "inputs['inputs'] tensor_info:\n        dtype: DT_STRING" in blocks["y1"]
     assert "outputs['outputs'] tensor_info:\n        dtype: DT_FLOAT\n        shape: (-1)" in blocks["y1"]
+
+
+def test_the_export_runs_in_a_session_as_tf_serving_runs_it(trained, tmp_path):
+    """TF Serving feeds and fetches a SavedModel's graph by its signature definitions' tensor names; its
+    MultiInference feeds one input tensor and fetches every task's outputs in one run."""
+    path = trained.export(tmp_path)
+    features = export.sample_features(trained.model, 6, seed=4)
+    expected = {name: value.numpy() for name, value in trained.model(features).items()}
+    examples = to_examples(trained.model.config.features, features)
+    inputs = {
+        "serving_default": features,
+        "predict": {"examples": examples},
+        "y1": {"inputs": examples},
+        "y2": {"inputs": examples},
+    }
+    outputs = export.run_in_session(path, inputs)
+    for task in ("y1", "y2"):
+        np.testing.assert_allclose(outputs["serving_default"][task], expected[task], rtol=1e-5)
+        np.testing.assert_allclose(outputs["predict"][task], expected[task], rtol=1e-5)
+        np.testing.assert_allclose(outputs[task]["outputs"], expected[task], rtol=1e-5)
+
+    definitions = saved_model_pb2.SavedModel.FromString((path / "saved_model.pb").read_bytes()).meta_graphs[0]
+    shared = {name: definitions.signature_def[name].inputs for name in ("predict", "y1", "y2")}
+    assert {name: [info.name for info in inputs.values()] for name, inputs in shared.items()} == {
+        name: ["input_example_tensor:0"] for name in shared
+    }
+    graph = tf.Graph()
+    with graph.as_default(), tf.compat.v1.Session(graph=graph) as session:
+        tf.compat.v1.saved_model.load(session, [tf.saved_model.SERVING], str(path))
+        fetches = {task: definitions.signature_def[task].outputs["outputs"].name for task in ("y1", "y2")}
+        together = session.run(fetches, {"input_example_tensor:0": examples})
+    for task in ("y1", "y2"):
+        np.testing.assert_allclose(together[task], expected[task], rtol=1e-5)
+
+
+def test_the_fingerprint_is_of_the_saved_model_as_written(trained, tmp_path):
+    """The export rewrites saved_model.pb after Keras wrote it; fingerprint.pb must describe the final one."""
+    path = trained.export(tmp_path)
+    recorded = tf.saved_model.experimental.read_fingerprint(str(path))
+    (path / "fingerprint.pb").unlink()
+    fingerprinting_utils.write_fingerprint(str(path))  # computed afresh from saved_model.pb
+    assert tf.saved_model.experimental.read_fingerprint(str(path)) == recorded

@@ -12,7 +12,7 @@ import pytest
 import requests
 from tensorflow.core.example import example_pb2
 from tensorflow.core.framework import types_pb2
-from tensorflow.core.protobuf import meta_graph_pb2
+from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 from tensorflow_serving.apis import (
     classification_pb2,
     inference_pb2,
@@ -52,11 +52,25 @@ def trained(tmp_path_factory):
     estimator = Estimator(experiment, root / "run")
     estimator.train(data.input_fn(experiment, "train"), max_steps=10)
     shutil.copytree(estimator.export(root / "staging"), root / "tasks" / "1")
+    _give_each_signature_its_own_input(shutil.copytree(root / "tasks" / "1", root / "keras_only" / "1"))
     features = export.sample_features(estimator.model, ROWS)
     expected = {name: value.numpy() for name, value in estimator.model(features).items()}
-    sources = [ModelSource("tasks", root / "tasks"), ModelSource("other", root / "tasks")]
+    sources = [
+        ModelSource("tasks", root / "tasks"),
+        ModelSource("other", root / "tasks"),
+        ModelSource("keras_only", root / "keras_only"),
+    ]
     with ModelServer(sources, ServerOptions(grpc_port=0, rest_port=0, poll_seconds=0)) as server:
         yield server, features, expected, to_examples(experiment.model.features, features)
+
+
+def _give_each_signature_its_own_input(path) -> None:
+    """Names each task signature's input tensor after the signature, as a SavedModel written by Keras alone
+    has them (the export shares one)."""
+    saved_model = saved_model_pb2.SavedModel.FromString((path / "saved_model.pb").read_bytes())
+    for name in ("click", "kind", "y1"):
+        saved_model.meta_graphs[0].signature_def[name].inputs["inputs"].name = f"{name}_inputs:0"
+    (path / "saved_model.pb").write_bytes(saved_model.SerializeToString())
 
 
 @pytest.fixture(params=["rest", "grpc"])
@@ -247,6 +261,11 @@ def test_grpc_errors_are_tf_servings(stub, trained):
     )
     assert _error(stub.MultiInference, _multi(("tasks", "y1", CLASSIFY), examples=examples))[0] == invalid
     assert _error(stub.MultiInference, _multi(("tasks", "y1", REGRESS))) == (invalid, "Input is empty.")
+    separate = _multi(("keras_only", "y1", REGRESS), ("keras_only", "click", CLASSIFY), examples=examples)
+    assert _error(stub.MultiInference, separate) == (
+        invalid,
+        "Input tensor must be the same for all Signatures.",
+    )
     missing = _classification("click", examples)
     missing.model_spec.name = "nope"
     assert _error(stub.Classify, missing) == (

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import sys
 import textwrap
 from collections.abc import Callable
@@ -324,9 +325,24 @@ flags.DEFINE_integer(
 flags.DEFINE_integer(
     "tensorflow_inter_op_parallelism", 0, "serve: TensorFlow ops run at once (0: TensorFlow picks)."
 )
-# tensorflow_model_server flags a deployment passes that change nothing here, accepted with a warning.
-flags.DEFINE_integer("rest_api_num_threads", 0, "serve: accepted; REST runs in one event loop here.")
-flags.DEFINE_integer("grpc_max_threads", 0, "serve: accepted; gRPC runs in one event loop here.")
+# tensorflow_model_server flags a deployment passes that change nothing here, accepted with a warning, with
+# tensorflow_model_server's defaults (its thread counts default to four per core).
+flags.DEFINE_integer(
+    "rest_api_num_threads", 4 * (os.cpu_count() or 1), "serve: accepted; REST runs in one event loop here."
+)
+flags.DEFINE_integer(
+    "grpc_max_threads", 4 * (os.cpu_count() or 1), "serve: accepted; gRPC runs in one event loop here."
+)
+flags.DEFINE_string(
+    "grpc_channel_arguments", "", "serve: accepted; gRPC's channel arguments are this server's own here."
+)
+flags.DEFINE_integer("num_load_threads", 0, "serve: accepted; versions load one at a time here.")
+flags.DEFINE_integer("num_unload_threads", 0, "serve: accepted; versions unload one at a time here.")
+flags.DEFINE_integer(
+    "tensorflow_session_parallelism",
+    0,
+    "serve: accepted; the --tensorflow_intra_op_parallelism and --tensorflow_inter_op_parallelism threads.",
+)
 flags.DEFINE_boolean(
     "allow_version_labels_for_unavailable_models",
     False,
@@ -337,6 +353,10 @@ flags.DEFINE_string("saved_model_tags", "serve", "serve: accepted; the MetaGraph
 NO_EFFECT_FLAGS = (
     "rest_api_num_threads",
     "grpc_max_threads",
+    "grpc_channel_arguments",
+    "num_load_threads",
+    "num_unload_threads",
+    "tensorflow_session_parallelism",
     "allow_version_labels_for_unavailable_models",
     "per_process_gpu_memory_fraction",
     "saved_model_tags",

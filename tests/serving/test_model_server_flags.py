@@ -87,6 +87,10 @@ def test_a_changed_config_file_is_served_and_no_op_flags_are_warned_about_once(e
         "--enable_signature_method_name_check=false",
         "--per_process_gpu_memory_fraction=0.5",
         "--saved_model_tags=serve",
+        "--grpc_channel_arguments=grpc.max_connection_age_ms=60000",
+        "--num_load_threads=4",
+        "--num_unload_threads=4",
+        "--tensorflow_session_parallelism=2",
     )
     try:
         assert _state(url, "single") == "AVAILABLE" and _state(url, "mmoe") is None
@@ -101,3 +105,49 @@ def test_a_changed_config_file_is_served_and_no_op_flags_are_warned_about_once(e
     assert len(warnings) == 1
     for name in NO_EFFECT_FLAGS:
         assert f"--{name}" in warnings[0]
+
+
+# tensorflow_model_server's flags that deployments pass, with its defaults (rest_api_port: the image's).
+MODEL_SERVER_DEFAULTS = {
+    "port": "8500",
+    "rest_api_port": "8501",
+    "model_name": None,
+    "model_base_path": None,
+    "model_config_file": None,
+    "model_config_file_poll_wait_seconds": "0.0",
+    "file_system_poll_wait_seconds": "1.0",
+    "enable_batching": "false",
+    "batching_parameters_file": None,
+    "monitoring_config_file": None,
+    "rest_api_timeout_in_ms": "30000",
+    "enable_model_warmup": "true",
+    "tensorflow_intra_op_parallelism": "0",
+    "tensorflow_inter_op_parallelism": "0",
+    "tensorflow_session_parallelism": "0",
+    "max_num_load_retries": "5",
+    "load_retry_interval_micros": "60000000",
+    "num_load_threads": "0",
+    "num_unload_threads": "0",
+    "grpc_channel_arguments": "",
+    "enable_signature_method_name_check": "false",
+    "allow_version_labels_for_unavailable_models": "false",
+    "per_process_gpu_memory_fraction": "0.0",
+    "saved_model_tags": "serve",
+}
+
+
+def test_helpfull_lists_the_model_servers_flags_with_its_defaults():
+    shown = subprocess.run(
+        [sys.executable, "-m", "mtl", "serve", "--helpfull"],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=120,
+    )
+    assert shown.returncode == 0, shown.stderr
+    # absl's help: "  --[no]name: help" and, on a following line, "(default: 'value')" when there is one.
+    blocks = re.findall(r"^  --(?:\[no\])?(\w+):(.*?)(?=^  --|\Z)", shown.stdout, re.M | re.S)
+    defaults = {name: re.search(r"\(default: '(.*?)'\)", text, re.S) for name, text in blocks}
+    assert MODEL_SERVER_DEFAULTS.keys() <= defaults.keys()
+    for name, default in MODEL_SERVER_DEFAULTS.items():
+        assert (defaults[name] and defaults[name].group(1)) == default, name

@@ -120,7 +120,7 @@ def main(argv: list[str]) -> None:
         held: list[socket.socket] = []
         try:
             assert rest_predict_ok(rest_port, body, 10) and grpc_predict_ok(grpc_port, request, 10)
-            log_before = log_lines(log_path)
+            log_before, log_started = log_lines(log_path), time.monotonic()
             refused = 0
             for index in range(FLAGS.connections):
                 try:
@@ -129,6 +129,7 @@ def main(argv: list[str]) -> None:
                 except OSError:
                     refused += 1
             peak_descriptors = open_descriptors(process.pid)
+            opening_seconds = time.monotonic() - log_started
             attempts = answered = 0
             started = time.monotonic()
             while attempts == 0 or time.monotonic() < started + FLAGS.hold_seconds:
@@ -136,7 +137,7 @@ def main(argv: list[str]) -> None:
                 answered += rest_predict_ok(rest_port, body, 0.5)
                 peak_descriptors = max(peak_descriptors, open_descriptors(process.pid))
             held_seconds = time.monotonic() - started
-            log_held = log_lines(log_path)
+            log_held, log_held_seconds = log_lines(log_path), time.monotonic() - log_started
             for connection in held:
                 connection.close()
             closed_at = time.monotonic()
@@ -159,10 +160,12 @@ def main(argv: list[str]) -> None:
         "connections_opened": len(held),
         "connections_refused": refused,
         "server_peak_open_descriptors": peak_descriptors,
+        "opening_seconds": round(opening_seconds, 1),
         "held_seconds": round(held_seconds, 1),
         "predicts_tried_while_held": attempts,
         "predicts_answered_while_held": answered,
-        "log_while_held": difference(log_held, log_before),
+        "log_while_held": difference(log_held, log_before),  # from the first connection on
+        "log_while_held_seconds": round(log_held_seconds, 1),
         "log_until_recovered": difference(log_after, log_before),
         "recovery_seconds": recovered,
         "log_tail": tail.splitlines()[-8:],

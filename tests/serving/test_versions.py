@@ -14,7 +14,13 @@ from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 from serving.client import PredictionError, connect
 from serving.config import single_model
 from serving.layout import WARMUP_FILE
-from serving.manager import MAX_ENDED_STATUSES, LoadRetries, ModelManager, _warm_up
+from serving.manager import (
+    MAX_ENDED_STATUSES,
+    NO_VERSIONS_WARNING_SECONDS,
+    LoadRetries,
+    ModelManager,
+    _warm_up,
+)
 from serving.servable import Servable
 from serving.server import ModelServer, ServerOptions
 
@@ -180,16 +186,27 @@ def test_folders_that_are_not_plain_versions_are_ignored_with_one_warning_each(e
     manager.close()
 
 
-def test_a_base_path_without_versions_is_warned_about_at_a_bounded_rate(tmp_path, caplog):
+def test_a_base_path_without_versions_is_warned_about_at_a_bounded_rate(tmp_path, caplog, monkeypatch):
     empty, missing = tmp_path / "empty", tmp_path / "missing"
     empty.mkdir()
     manager = ModelManager([*single_model("a", empty), *single_model("b", missing)], retries=LoadRetries(0))
+
+    def warnings() -> tuple[int, int]:
+        messages = [r.getMessage() for r in caplog.records]
+        return (
+            sum(f"No versions of servable a found under base path {empty}" in m for m in messages),
+            sum(f"Could not find base path {missing} for servable b" in m for m in messages),
+        )
+
     with caplog.at_level(logging.WARNING):
         for _ in range(20):
             manager.refresh()
-    messages = [r.getMessage() for r in caplog.records]
-    assert sum(f"No versions of servable a found under base path {empty}" in m for m in messages) == 1
-    assert sum(f"Could not find base path {missing} for servable b" in m for m in messages) == 1
+        assert warnings() == (1, 1)
+        now = time.monotonic()
+        monkeypatch.setattr(time, "monotonic", lambda: now + NO_VERSIONS_WARNING_SECONDS)
+        for _ in range(20):
+            manager.refresh()
+        assert warnings() == (2, 2)  # said again once the interval has passed, still once per interval
 
 
 def test_a_base_path_that_cannot_be_read_unloads_nothing(exports, tmp_path):

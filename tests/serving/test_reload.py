@@ -104,3 +104,40 @@ def test_unusable_configs_are_refused(single_server, exports):
                 stub.HandleReloadConfigRequest(request, timeout=30)
             assert (error.value.code(), error.value.details()) == (code, message)
     assert single_server.manager.model_names == ["single"]
+
+
+def test_a_reload_applies_a_changed_version_policy(single_server, exports):
+    """two_tasks holds versions 1 and 2: the default policy serves the latest, `all` both, `specific` one."""
+
+    def reload(policy: str) -> dict[int, int]:
+        request = _reload_request(exports, ("single", "one_task"), ("mmoe", "two_tasks"))
+        request.config.model_config_list.config[1].model_version_policy.CopyFrom(
+            text_format.Parse(policy, request.config.model_config_list.config[1].model_version_policy)
+        )
+        assert stub.HandleReloadConfigRequest(request, timeout=60).status.error_code == 0
+        status = stub.GetModelStatus(
+            get_model_status_pb2.GetModelStatusRequest(model_spec={"name": "mmoe"}), timeout=10
+        )
+        return {s.version: s.state for s in status.model_version_status}
+
+    available, end = (
+        get_model_status_pb2.ModelVersionStatus.AVAILABLE,
+        get_model_status_pb2.ModelVersionStatus.END,
+    )
+    with grpc.insecure_channel(f"127.0.0.1:{single_server.grpc_port}") as channel:
+        stub = model_service_pb2_grpc.ModelServiceStub(channel)
+        try:
+            assert reload("") == {2: available}
+            assert reload("all {}") == {1: available, 2: available}
+            assert reload("specific { versions: 1 }") == {1: available, 2: end}
+            target = f"127.0.0.1:{single_server.grpc_port}"
+            with connect(target, "mmoe", retries=0, version=1) as client:
+                assert client.predict({"inputs": ROWS})["y1"].shape == (2,)
+            with (
+                connect(target, "mmoe", retries=0, version=2) as client,
+                pytest.raises(PredictionError) as error,
+            ):
+                client.predict({"inputs": ROWS})
+            assert error.value.code == "NOT_FOUND"
+        finally:
+            stub.HandleReloadConfigRequest(_reload_request(exports, ("single", "one_task")), timeout=60)

@@ -19,6 +19,7 @@ from typing import Any
 
 import grpc
 import numpy as np
+from google.protobuf import text_format
 from tensorflow.core.example import example_pb2, feature_pb2
 from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow_serving.apis import classification_pb2, inference_pb2, input_pb2, regression_pb2
@@ -96,10 +97,8 @@ def _check_one_input(signature: SignatureDef, kind: str) -> None:
 
 
 def _describe(signature: SignatureDef) -> str:
-    """The signature's inputs, outputs and method, in the spirit of TF Serving's DebugString (shorter)."""
-    inputs = ", ".join(sorted(signature.inputs))
-    outputs = ", ".join(sorted(signature.outputs))
-    return f"inputs {{{inputs}}} outputs {{{outputs}}} method_name: {signature.method_name!r}"
+    """The signature as TF Serving quotes it in errors: its `DebugString()`, the protobuf text format."""
+    return text_format.MessageToString(signature)
 
 
 def classification_result(

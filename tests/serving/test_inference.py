@@ -69,9 +69,11 @@ def test_signatures_are_checked_as_tf_serving_checks_them():
     with pytest.raises(ServingError) as error:  # Classify on a regress signature
         inference.classification_outputs(_signature(inference.REGRESS_METHOD, outputs=("outputs",)))
     assert error.value.code == grpc.StatusCode.INVALID_ARGUMENT
-    assert error.value.message.startswith(
+    assert error.value.message == (
         'Expected classification signature outputs to contain at least one of "classes" or "scores". '
-        "Signature was: inputs {inputs} outputs {outputs} method_name: 'tensorflow/serving/regress'"
+        'Signature was: inputs {\n  key: "inputs"\n  value {\n    dtype: DT_STRING\n  }\n}\n'
+        'outputs {\n  key: "outputs"\n  value {\n    dtype: DT_FLOAT\n  }\n}\n'
+        'method_name: "tensorflow/serving/regress"\n'
     )
     with pytest.raises(ServingError, match="^Expected one output Tensor.$"):  # Regress on a classify one
         inference.regression_outputs(_signature(inference.CLASSIFY_METHOD))

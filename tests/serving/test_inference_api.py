@@ -228,16 +228,47 @@ def _error(call, request) -> tuple[grpc.StatusCode, str]:
     return error.value.code(), error.value.details()
 
 
-REGRESS_SIGNATURE = "inputs {inputs} outputs {outputs} method_name: 'tensorflow/serving/regress'"
+# The y1 signature as TF Serving quotes it (its DebugString); OUTPUT_TENSOR is its output's name in the graph.
+REGRESS_SIGNATURE = """inputs {
+  key: "inputs"
+  value {
+    name: "input_example_tensor:0"
+    dtype: DT_STRING
+    tensor_shape {
+      dim {
+        size: -1
+      }
+    }
+  }
+}
+outputs {
+  key: "outputs"
+  value {
+    name: "OUTPUT_TENSOR"
+    dtype: DT_FLOAT
+    tensor_shape {
+      dim {
+        size: -1
+      }
+    }
+  }
+}
+method_name: "tensorflow/serving/regress"
+"""
 
 
-def test_grpc_errors_are_tf_servings(stub, trained):
+@pytest.fixture(scope="module")
+def y1_output_tensor(trained) -> str:
+    return trained[0].manager.servable("tasks").signature_def("y1").outputs["outputs"].name
+
+
+def test_grpc_errors_are_tf_servings(stub, trained, y1_output_tensor):
     examples = trained[3][:2]
     invalid = grpc.StatusCode.INVALID_ARGUMENT
     assert _error(stub.Classify, _classification("y1", examples)) == (
         invalid,
         'Expected classification signature outputs to contain at least one of "classes" or "scores". '
-        f"Signature was: {REGRESS_SIGNATURE}",
+        f"Signature was: {REGRESS_SIGNATURE.replace('OUTPUT_TENSOR', y1_output_tensor)}",
     )
     assert _error(stub.Regress, _regression("kind", examples)) == (invalid, "Expected one output Tensor.")
     assert _error(stub.Classify, _classification("nope", examples)) == (
@@ -298,10 +329,11 @@ def test_grpc_errors_are_tf_servings(stub, trained):
         ("classify", b"", "JSON Parse error: The document is empty"),
     ],
 )
-def test_rest_errors_are_tf_servings(trained, verb, body, message):
+def test_rest_errors_are_tf_servings(trained, y1_output_tensor, verb, body, message):
     url = f"http://127.0.0.1:{trained[0].rest_port}/v1/models/tasks:{verb}"
     response = requests.post(url, data=body if isinstance(body, bytes) else json.dumps(body), timeout=30)
-    assert (response.status_code, response.json()) == (400, {"error": message})
+    expected = message.replace("OUTPUT_TENSOR", y1_output_tensor)
+    assert (response.status_code, response.json()) == (400, {"error": expected})
 
 
 def test_client_errors_carry_the_code(address):

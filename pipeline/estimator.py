@@ -115,10 +115,7 @@ class Estimator:
                 logging.info("%s", line)
         self._train_steps_fn: Callable | None = None
         self._eval_batch_fn: Callable | None = None
-        self._eval_metrics = {
-            head.name: head.create_metrics()
-            for head in (*self.model.heads, *self.model.conditional_heads.values())
-        }
+        self._eval_metrics = self.model.task_loss.create_metrics()
         self._stop_reason: str | None = None
         # The schedule of the run being trained: one that decays over the run needs its max_steps.
         self._schedule_steps: int | None = None
@@ -362,20 +359,7 @@ class Estimator:
             towers = gather(strategy.run(logits_fn, args=(features,)))
             labels, weights = gather(labels), gather(weights)
             logits = model.task_logits_from_towers(towers)
-            for head in model.heads:
-                head.update_metrics(
-                    metrics[head.name], labels[head.label], logits[head.name], weights[head.label]
-                )
-            for task in model.config.funnel_tasks():
-                # The event given the earlier one, on the rows where the earlier one happened.
-                earlier = next(t for t in model.config.tasks if t.name == task.after)
-                happened = tf.cast(labels[earlier.label] > 0, tf.float32) * tf.cast(
-                    weights[earlier.label] > 0, tf.float32
-                )
-                head = model.conditional_heads[task.name]
-                head.update_metrics(
-                    metrics[head.name], labels[task.label], towers[task.name], weights[task.label] * happened
-                )
+            model.task_loss.update_metrics(metrics, labels, weights, logits, towers)
             return tf.shape(next(iter(labels.values())))[0]
 
         return eval_batch

@@ -20,7 +20,7 @@ import keras
 import tensorflow as tf
 
 from pipeline.checks import check_choice
-from pipeline.config import LOSS_WEIGHTINGS, TaskConfig
+from pipeline.config import LOSS_WEIGHTINGS, TaskConfig, conditional_task
 from pipeline.layers.uncertainty_weights import UncertaintyWeights
 from pipeline.task_types import TASK_TYPES
 
@@ -116,6 +116,10 @@ class TaskLoss(keras.layers.Layer):
         self.tasks = tuple(tasks)
         self.weighting = check_choice("weighting", weighting, LOSS_WEIGHTINGS)
         self.heads = [Head(task) for task in self.tasks]
+        # A funnel task's event given the earlier one: evaluated on the rows where the earlier one happened.
+        self.conditional_heads = {
+            task.name: Head(conditional_task(task)) for task in self.tasks if task.after
+        }
         self.learned_weights = (
             UncertaintyWeights([task.name for task in self.tasks], name="loss_weights")
             if weighting == "uncertainty"
@@ -154,6 +158,35 @@ class TaskLoss(keras.layers.Layer):
             if self.learned_weights is not None:
                 labelled[head.name] = tf.cast(weight_sum > 0, per_example.dtype)
         return self._combine(per_task, replicas, labelled), per_task
+
+    def create_metrics(self) -> dict[str, dict[str, keras.metrics.Metric]]:
+        """Fresh evaluation metrics of every task and every conditional output, by name."""
+        return {head.name: head.create_metrics() for head in (*self.heads, *self.conditional_heads.values())}
+
+    def update_metrics(
+        self,
+        metrics: Mapping[str, Mapping[str, keras.metrics.Metric]],
+        labels: Mapping[str, tf.Tensor],
+        weights: Mapping[str, tf.Tensor],
+        logits: Mapping[str, tf.Tensor],
+        tower_logits: Mapping[str, tf.Tensor],
+    ) -> None:
+        """Adds one batch to `metrics` (from `create_metrics`): each task on its own labelled rows, with the
+        label masks and sample weights of training; a funnel task's conditional output (its tower's logit) on
+        the rows where the earlier event happened."""
+        for head in self.heads:
+            head.update_metrics(
+                metrics[head.name], labels[head.label], logits[head.name], weights[head.label]
+            )
+        tasks = {task.name: task for task in self.tasks}
+        for name, head in self.conditional_heads.items():
+            task, earlier = tasks[name], tasks[tasks[name].after]
+            happened = tf.cast(labels[earlier.label] > 0, tf.float32) * tf.cast(
+                weights[earlier.label] > 0, tf.float32
+            )
+            head.update_metrics(
+                metrics[head.name], labels[task.label], tower_logits[name], weights[task.label] * happened
+            )
 
     def combine(self, task_losses: Mapping[str, float]) -> float:
         """The evaluation's `loss`: task losses that are means over a whole split, weighted by the tasks'

@@ -7,7 +7,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from pipeline.config import ExperimentConfig, ModelConfig, conditional_task
+from pipeline.config import ExperimentConfig, ModelConfig
 from pipeline.features import FeatureEncoder, PerTaskFeatureEncoders, Preprocessor
 from pipeline.heads import Head, TaskLoss, funnel_logit
 from pipeline.layers import Tower
@@ -54,8 +54,6 @@ class MultiTaskModel(keras.Model):
         ]
         # Created after the towers: checkpoints hold the variables in the order the model lists them.
         self.task_loss = TaskLoss(config.tasks, config.loss_weighting, name="task_loss")
-        # Evaluated on the rows where the earlier event happened.
-        self.conditional_heads = {task.name: Head(conditional_task(task)) for task in config.funnel_tasks()}
 
     @property
     def heads(self) -> list[Head]:

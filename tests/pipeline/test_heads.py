@@ -236,3 +236,23 @@ def test_the_funnel_logit_is_the_logit_of_the_product_of_probabilities():
         z = funnel_logit(logits, tf.constant(conditional))
         loss = tf.nn.sigmoid_cross_entropy_with_logits(labels=tf.zeros(6), logits=z)
     assert np.all(np.isfinite(z.numpy())) and np.all(np.isfinite(tape.gradient(loss, logits).numpy()))
+
+
+def test_evaluation_counts_each_task_on_its_rows_and_a_conditional_output_on_the_earlier_events():
+    tasks = (
+        TaskConfig("ctr", "click", "binary"),
+        TaskConfig("ctcvr", "conversion", "binary", after="ctr", conditional_output="cvr"),
+    )
+    task_loss = TaskLoss(tasks)
+    metrics = task_loss.create_metrics()
+    assert sorted(metrics) == ["ctcvr", "ctr", "cvr"]
+    labels = {"click": tf.constant([1.0, 0.0, 1.0, 0.0, 1.0]), "conversion": tf.constant([1.0, 0, 0, 0, 1])}
+    weights = {"click": tf.constant([1.0, 1, 1, 1, 0]), "conversion": tf.constant([1.0, 1, 1, 0, 1])}
+    logits = {"ctr": tf.zeros(5), "ctcvr": tf.zeros(5)}
+    towers = {"ctr": tf.zeros(5), "ctcvr": tf.constant([2.0, 0.0, -2.0, 0.0, 0.0])}
+    task_loss.update_metrics(metrics, labels, weights, logits, towers)
+    assert metrics["ctr"]["examples"].result() == 4 and metrics["ctcvr"]["examples"].result() == 4
+    # cvr: rows 1 and 3 were clicked (row 5 was, with no weight); its loss is the towers' log-loss there.
+    assert metrics["cvr"]["examples"].result() == 2
+    expected = np.mean([np.log1p(np.exp(-2.0)), np.log1p(np.exp(-2.0))])
+    np.testing.assert_allclose(metrics["cvr"]["loss"].result(), expected, rtol=1e-5)

@@ -54,8 +54,8 @@ flags.DEFINE_list("models", ["shared_bottom", "omoe", "mmoe", "ple", "single_tas
 flags.DEFINE_list("p", ["0.5", "0.9", "1.0"], "Synthetic task correlations.")
 flags.DEFINE_integer("seeds", 20, "Runs per model and task correlation.")
 flags.DEFINE_integer("synthetic_examples", 10_000, "Synthetic training examples per run.")
-flags.DEFINE_float("synthetic_c", 0.3, "Scale of the synthetic tasks' weight vectors (the seeds' 0.3).")
-flags.DEFINE_integer("synthetic_m", 5, "Sine terms of each synthetic task (the seeds' 5).")
+flags.DEFINE_float("synthetic_c", 0.3, "Scale c of the synthetic tasks' weight vectors, as in the seeds.")
+flags.DEFINE_integer("synthetic_m", 5, "Sine terms m of each synthetic task, as in the seeds.")
 flags.DEFINE_integer(
     "synthetic_steps", 20_000, "Training steps per synthetic run (at 3,000 every model is still learning)."
 )
@@ -213,10 +213,16 @@ def _save(results: dict[str, Any], path: Path) -> None:
     os.replace(staging, path)
 
 
+def _done(result: dict[str, Any] | None, spec: dict[str, Any]) -> bool:
+    """Whether `result` is of run `spec` with every one of its settings (steps, data, sizes...): a run of
+    other settings is run again and replaced."""
+    return result is not None and all(result.get(name) == value for name, value in spec.items())
+
+
 def execute(runs: list[dict[str, Any]], output: Path, workers: int) -> dict[str, Any]:
     """Runs what `output` does not hold yet, `workers` at a time, saving each result as it finishes."""
     results = json.loads(output.read_text()) if output.exists() else {}
-    todo = [spec for spec in runs if run_key(spec) not in results]
+    todo = [spec for spec in runs if not _done(results.get(run_key(spec)), spec)]
     logging.info("%d runs planned, %d done before, %d to run.", len(runs), len(runs) - len(todo), len(todo))
     started = time.monotonic()
     context = multiprocessing.get_context("spawn")

@@ -232,7 +232,7 @@ flags.DEFINE_enum(
     "early_stopping_mode",
     _TRAIN.early_stopping_mode,
     METRIC_MODES,
-    "Whether the metric should rise (max) or fall (min); auto: AUC rises, losses and errors fall.",
+    "Whether the metric should rise (max) or fall (min); auto: AUC, accuracy rise; losses, errors fall.",
 )
 flags.DEFINE_integer(
     "early_stopping_patience",
@@ -325,24 +325,21 @@ flags.DEFINE_integer(
 flags.DEFINE_integer(
     "tensorflow_inter_op_parallelism", 0, "serve: TensorFlow ops run at once (0: TensorFlow picks)."
 )
+flags.DEFINE_integer(
+    "tensorflow_session_parallelism",
+    0,
+    "serve: both of the above, when neither is given (0: TensorFlow picks).",
+)
 # tensorflow_model_server flags a deployment passes that change nothing here, accepted with a warning, with
 # tensorflow_model_server's defaults (its thread counts default to four per core).
-flags.DEFINE_integer(
-    "rest_api_num_threads", 4 * (os.cpu_count() or 1), "serve: accepted; REST runs in one event loop here."
-)
-flags.DEFINE_integer(
-    "grpc_max_threads", 4 * (os.cpu_count() or 1), "serve: accepted; gRPC runs in one event loop here."
-)
+_CORES = len(os.sched_getaffinity(0))
+flags.DEFINE_integer("rest_api_num_threads", 4 * _CORES, "serve: accepted; REST runs in one event loop here.")
+flags.DEFINE_integer("grpc_max_threads", 4 * _CORES, "serve: accepted; gRPC runs in one event loop here.")
 flags.DEFINE_string(
     "grpc_channel_arguments", "", "serve: accepted; gRPC's channel arguments are this server's own here."
 )
 flags.DEFINE_integer("num_load_threads", 0, "serve: accepted; versions load one at a time here.")
 flags.DEFINE_integer("num_unload_threads", 0, "serve: accepted; versions unload one at a time here.")
-flags.DEFINE_integer(
-    "tensorflow_session_parallelism",
-    0,
-    "serve: accepted; the --tensorflow_intra_op_parallelism and --tensorflow_inter_op_parallelism threads.",
-)
 flags.DEFINE_boolean(
     "allow_version_labels_for_unavailable_models",
     False,
@@ -356,7 +353,6 @@ NO_EFFECT_FLAGS = (
     "grpc_channel_arguments",
     "num_load_threads",
     "num_unload_threads",
-    "tensorflow_session_parallelism",
     "allow_version_labels_for_unavailable_models",
     "per_process_gpu_memory_fraction",
     "saved_model_tags",
@@ -899,6 +895,7 @@ HELP_GROUPS: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
             "enable_signature_method_name_check",
             "tensorflow_intra_op_parallelism",
             "tensorflow_inter_op_parallelism",
+            "tensorflow_session_parallelism",
             *NO_EFFECT_FLAGS,
         ),
     ),

@@ -305,13 +305,18 @@ def serve() -> None:
 
 def _set_tensorflow_threads() -> None:
     """--tensorflow_intra_op_parallelism and --tensorflow_inter_op_parallelism (0 leaves TensorFlow's
-    choice), set before the models load: TensorFlow fixes its thread pools at its first op."""
+    choice), or as in TF Serving, when neither is given, --tensorflow_session_parallelism for both; set
+    before the models load: TensorFlow fixes its thread pools at its first op."""
     intra, inter = FLAGS.tensorflow_intra_op_parallelism, FLAGS.tensorflow_inter_op_parallelism
-    if intra < 0 or inter < 0:
+    session = FLAGS.tensorflow_session_parallelism
+    if min(intra, inter, session) < 0:
         raise ConfigError(
-            "--tensorflow_intra_op_parallelism and --tensorflow_inter_op_parallelism must be 0 or more. "
-            f"Received: `{intra}` and `{inter}`"
+            "--tensorflow_intra_op_parallelism, --tensorflow_inter_op_parallelism and "
+            "--tensorflow_session_parallelism must be 0 or more. "
+            f"Received: `{intra}`, `{inter}` and `{session}`"
         )
+    if intra == inter == 0:
+        intra = inter = session
     try:
         tf.config.threading.set_intra_op_parallelism_threads(intra)
         tf.config.threading.set_inter_op_parallelism_threads(inter)

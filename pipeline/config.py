@@ -381,7 +381,7 @@ class TrainConfig:
     `train_and_evaluate` stops once `early_stopping_metric` (e.g. `income/auc`, `loss`) has not improved by
     more than `early_stopping_min_delta` for `early_stopping_patience` evaluations, and keeps the checkpoint
     of the best evaluation by `best_metric` (default: the early-stopping metric, else `loss`). A mode of
-    `auto` infers the direction from the metric's name: AUC up, losses and errors down.
+    `auto` infers the direction from the metric's task type: AUC and accuracy up, losses and errors down.
     """
 
     batch_size: int = 256

@@ -87,14 +87,7 @@ class Signature:
     method: str
     inputs: dict[str, tf.TensorSpec]
     compute: Callable[[dict[str, Any]], dict[str, Any]]
-
-    @property
-    def takes_examples(self) -> bool:
-        """Whether its one input is serialized `tf.train.Example`s rather than the raw features."""
-        return all(spec.dtype == tf.string and spec.name in _EXAMPLE_INPUTS for spec in self.inputs.values())
-
-
-_EXAMPLE_INPUTS = ("examples", tf.saved_model.CLASSIFY_INPUTS)
+    takes_examples: bool = False  # its one input is serialized `tf.train.Example`s, not the raw features
 
 
 def _examples_input(name: str) -> dict[str, tf.TensorSpec]:
@@ -121,7 +114,10 @@ def signatures(model: MultiTaskModel) -> dict[str, Signature]:
     if model.has_gates:
         result[GATES_SIGNATURE] = Signature(predict, raw, model.gate_weights)
     result[EXAMPLES_SIGNATURE] = Signature(
-        predict, _examples_input("examples"), lambda x: model(parse_examples(features, x["examples"]))
+        predict,
+        _examples_input("examples"),
+        lambda x: model(parse_examples(features, x["examples"])),
+        takes_examples=True,
     )
     result.update({task.name: _task_signature(model, task) for task in model.config.tasks})
     return result
@@ -136,7 +132,7 @@ def _task_signature(model: MultiTaskModel, task: TaskConfig) -> Signature:
         return _task_outputs(model, task, parse_examples(model.config.features, inputs[key]))
 
     method = tf.saved_model.CLASSIFY_METHOD_NAME if classifies else tf.saved_model.REGRESS_METHOD_NAME
-    return Signature(method, _examples_input(key), compute)
+    return Signature(method, _examples_input(key), compute, takes_examples=True)
 
 
 def sample_inputs(model: MultiTaskModel, signature: Signature, batch_size: int, seed: int = 0) -> dict:
@@ -165,29 +161,54 @@ def _write_saved_model(model: MultiTaskModel, path: Path) -> None:
 def _as_tf_serving_reads_it(path: Path, exported: dict[str, Signature]) -> None:
     """Gives each signature its TF Serving method (Keras writes every one as predict; TF Serving serves a
     signature to Classify or Regress only when its method says so), and makes the signatures over
-    `tf.train.Example`s read one input tensor, `EXAMPLE_INPUT_TENSOR` (Keras gives each its own
-    placeholder). Only the graph and signature definitions change, which TF Serving reads;
-    `tf.saved_model.load` restores the signatures from the saved functions and is unaffected."""
+    `tf.train.Example`s read one input tensor, `EXAMPLE_INPUT_TENSOR` (Keras gives each a placeholder of its
+    own). Only the graph and signature definitions change, which TF Serving reads; `tf.saved_model.load`
+    restores the signatures from the saved functions and is unaffected."""
     file = path / "saved_model.pb"
     saved_model = saved_model_pb2.SavedModel.FromString(file.read_bytes())
     for meta_graph in saved_model.meta_graphs:
-        own_inputs = set()
+        definitions = meta_graph.signature_def
+        placeholders = []
         for name, signature in exported.items():
-            definition = meta_graph.signature_def[name]
-            definition.method_name = signature.method
+            if name not in definitions:
+                raise ExportError(f"The SavedModel written has no {name} signature.")
+            definitions[name].method_name = signature.method
             if signature.takes_examples:
-                (info,) = definition.inputs.values()
-                own_inputs.add(info.name.split(":")[0])
+                (info,) = definitions[name].inputs.values()
+                placeholders.append(info.name.split(":")[0])
                 info.name = f"{EXAMPLE_INPUT_TENSOR}:0"
-        nodes = meta_graph.graph_def.node
-        placeholders = [i for i, node in enumerate(nodes) if node.name in own_inputs]
-        nodes[placeholders[0]].name = EXAMPLE_INPUT_TENSOR
-        for index in reversed(placeholders[1:]):
-            del nodes[index]
-        for node in nodes:
-            node.input[:] = [EXAMPLE_INPUT_TENSOR if name in own_inputs else name for name in node.input]
+        if placeholders:
+            _merge_placeholders(meta_graph.graph_def, placeholders, EXAMPLE_INPUT_TENSOR)
     file.write_bytes(saved_model.SerializeToString())
     fingerprinting_utils.write_fingerprint(str(path))  # of the saved_model.pb just written
+
+
+def _merge_placeholders(graph: Any, names: list[str], merged: str) -> None:
+    """Replaces the placeholders `names` of `graph` (a GraphDef) by one named `merged`: the first, renamed,
+    the others removed, and every input of a node that read one of them (`name`, `name:0`, `^name`) reading
+    `merged` instead."""
+    by_name = {node.name: node for node in graph.node}
+    kept = by_name[names[0]]
+    for name in names:
+        node = by_name.get(name)
+        if node is None or node.op != "Placeholder" or node.attr["dtype"] != kept.attr["dtype"]:
+            raise ExportError(f"Cannot share the input {name!r} of the export's signatures over tf.Example.")
+    kept.name = merged
+    removed = set(names[1:])
+    for index in reversed([i for i, node in enumerate(graph.node) if node.name in removed]):
+        del graph.node[index]
+    replaced = set(names)
+    for node in graph.node:
+        node.input[:] = [_renamed_input(reference, replaced, merged) for reference in node.input]
+
+
+def _renamed_input(reference: str, names: set[str], merged: str) -> str:
+    """`reference` (`name`, `name:1` or `^name`) to `merged` when its node is one of `names`."""
+    control = reference.startswith("^")
+    node, colon, output = reference.lstrip("^").partition(":")
+    if node not in names:
+        return reference
+    return f"{'^' if control else ''}{merged}{colon}{output}"
 
 
 def _write_warmup_requests(model: MultiTaskModel, path: Path) -> None:
@@ -258,8 +279,8 @@ def _check_outputs(signature_name: str, how: str, served: dict[str, Any], expect
         )
         if not same:
             raise ExportError(
-                f"The exported model's {signature_name} output {name!r}, {how}, differs from the in-memory "
-                "model's; the export was discarded."
+                f"The exported model's {signature_name} output {name!r} differs from the in-memory model's "
+                f"({how}); the export was discarded."
             )
 
 

@@ -58,6 +58,11 @@ def test_a_tiny_synthetic_sweep_writes_results_and_plots_and_resumes(tmp_path):
     assert "6 runs planned, 4 done before, 2 to run." in again.stderr
     assert len(json.loads((tmp_path / "runs.json").read_text())) == 6
 
+    other = _reproduce(tmp_path, *flags, "--seeds=3", "--synthetic_c=0.5", "--models=mmoe")
+    assert other.returncode == 0, other.stderr
+    assert "3 runs planned, 0 done before, 3 to run." in other.stderr  # other settings: run again
+    assert json.loads((tmp_path / "runs.json").read_text())["synthetic/p=0.5/mmoe/1"]["c"] == 0.5
+
 
 @pytest.mark.slow
 def test_a_tiny_census_comparison_reports_test_aucs_and_the_paired_difference(tmp_path):

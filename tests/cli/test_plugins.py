@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import threading
 import urllib.request
 from pathlib import Path
 
@@ -26,6 +27,15 @@ PLUGIN = textwrap.dedent(
         return MLP([64, 32], activation=config.activation, dropout=config.dropout, name="bottom")
     """
 )
+
+
+def _first_line(process: subprocess.Popen, seconds: float) -> str:
+    """The first line `process` prints, or "" if none comes within `seconds`."""
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.append(process.stdout.readline()), daemon=True)
+    reader.start()
+    reader.join(seconds)
+    return lines[0] if lines else ""
 
 
 def _mtl(python_path: Path | None, *args: str) -> subprocess.CompletedProcess:
@@ -71,18 +81,19 @@ def test_an_imported_architecture_trains_evaluates_and_exports_and_serves_withou
     (version,) = list((tmp_path / "export").iterdir())
     rows = np.random.default_rng(3).normal(size=(2, 100)).astype(np.float32)
     expected = tf.saved_model.load(str(version)).signatures["serving_default"](inputs=tf.constant(rows))
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mtl", "serve", "--model_name=wide"]
-        + [f"--model_base_path={tmp_path / 'export'}", "--port=0", "--rest_api_port=0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=_env(),
-    )
+    log = tmp_path / "serve.log"
+    with log.open("w") as stderr:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "mtl", "serve", "--model_name=wide"]
+            + [f"--model_base_path={tmp_path / 'export'}", "--port=0", "--rest_api_port=0"],
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+            env=_env(),
+        )
     try:
-        line = server.stdout.readline()
-        match = re.search(r"REST (http://\S+), gRPC", line)
-        assert match, (line, server.stderr.read() if server.poll() is not None else "")
+        match = re.search(r"REST (http://\S+), gRPC", _first_line(server, seconds=120))
+        assert match, log.read_text()[-3000:]
         request = urllib.request.Request(
             f"{match.group(1)}/v1/models/wide:predict",
             data=json.dumps({"inputs": {"inputs": rows.tolist()}}).encode(),
@@ -90,11 +101,11 @@ def test_an_imported_architecture_trains_evaluates_and_exports_and_serves_withou
         with urllib.request.urlopen(request, timeout=30) as response:
             outputs = json.loads(response.read())["outputs"]
     finally:
-        server.kill()
+        server.terminate()
+        server.communicate(timeout=60)
     assert sorted(outputs) == ["y1", "y2"]
     for task in ("y1", "y2"):
         np.testing.assert_allclose(outputs[task], expected[task].numpy(), rtol=1e-5)
-    assert "my_package" not in sys.modules
 
     # Without the plugin on the path, a stage says which module it cannot import.
     missing = _mtl(None, "evaluate", f"--model_dir={model_dir}")

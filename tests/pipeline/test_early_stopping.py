@@ -11,6 +11,7 @@ from pipeline.config import ExperimentConfig
 from pipeline.early_stopping import direction, improves, metric_value, stop_reason
 from pipeline.errors import ConfigError, ModelDirError, TrainingStopped
 from pipeline.estimator import Estimator
+from pipeline.task_types import TASK_TYPES
 from tests.conftest import small_experiment
 
 
@@ -59,6 +60,11 @@ def _first_stop(history, metric, **kwargs):
 def test_direction_follows_the_metric_name(metric, expected):
     assert direction(metric) == expected
     assert direction(metric, "auto") == expected
+
+
+def test_every_rising_metric_is_one_its_task_type_reports():
+    for task_type in TASK_TYPES.values():
+        assert set(task_type.rising_metrics) <= set(task_type.metrics)
 
 
 def test_an_explicit_mode_wins():

@@ -293,3 +293,18 @@ def test_the_fingerprint_is_of_the_saved_model_as_written(trained, tmp_path):
     (path / "fingerprint.pb").unlink()
     fingerprinting_utils.write_fingerprint(str(path))  # computed afresh from saved_model.pb
     assert tf.saved_model.experimental.read_fingerprint(str(path)) == recorded
+
+
+def test_every_form_of_reference_to_a_shared_placeholder_is_renamed():
+    names = {"y1_inputs", "y2_inputs"}
+    renamed = [
+        export._renamed_input(reference, names, "input_example_tensor")
+        for reference in ("y1_inputs", "y2_inputs:0", "^y1_inputs", "y1_inputs_other", "Const:1")
+    ]
+    assert renamed == [
+        "input_example_tensor",
+        "input_example_tensor:0",
+        "^input_example_tensor",
+        "y1_inputs_other",
+        "Const:1",
+    ]

@@ -110,13 +110,11 @@ def test_a_reload_applies_a_changed_version_policy(single_server, exports):
     """two_tasks holds versions 1 and 2: the default policy serves the latest, `all` both, `specific` one."""
 
     def reload(policy: str) -> dict[int, int]:
-        request = _reload_request(exports, ("single", "one_task"), ("mmoe", "two_tasks"))
-        request.config.model_config_list.config[1].model_version_policy.CopyFrom(
-            text_format.Parse(policy, request.config.model_config_list.config[1].model_version_policy)
-        )
+        request = _reload_request(exports, ("single", "one_task"), ("policy", "two_tasks"))
+        text_format.Parse(policy, request.config.model_config_list.config[1].model_version_policy)
         assert stub.HandleReloadConfigRequest(request, timeout=60).status.error_code == 0
         status = stub.GetModelStatus(
-            get_model_status_pb2.GetModelStatusRequest(model_spec={"name": "mmoe"}), timeout=10
+            get_model_status_pb2.GetModelStatusRequest(model_spec={"name": "policy"}), timeout=10
         )
         return {s.version: s.state for s in status.model_version_status}
 
@@ -131,10 +129,10 @@ def test_a_reload_applies_a_changed_version_policy(single_server, exports):
             assert reload("all {}") == {1: available, 2: available}
             assert reload("specific { versions: 1 }") == {1: available, 2: end}
             target = f"127.0.0.1:{single_server.grpc_port}"
-            with connect(target, "mmoe", retries=0, version=1) as client:
+            with connect(target, "policy", retries=0, version=1) as client:
                 assert client.predict({"inputs": ROWS})["y1"].shape == (2,)
             with (
-                connect(target, "mmoe", retries=0, version=2) as client,
+                connect(target, "policy", retries=0, version=2) as client,
                 pytest.raises(PredictionError) as error,
             ):
                 client.predict({"inputs": ROWS})

@@ -186,7 +186,7 @@ def test_folders_that_are_not_plain_versions_are_ignored_with_one_warning_each(e
     manager.close()
 
 
-def test_a_base_path_without_versions_is_warned_about_at_a_bounded_rate(tmp_path, caplog, monkeypatch):
+def test_a_base_path_without_versions_is_warned_about_at_a_bounded_rate(tmp_path, caplog):
     empty, missing = tmp_path / "empty", tmp_path / "missing"
     empty.mkdir()
     manager = ModelManager([*single_model("a", empty), *single_model("b", missing)], retries=LoadRetries(0))
@@ -202,8 +202,9 @@ def test_a_base_path_without_versions_is_warned_about_at_a_bounded_rate(tmp_path
         for _ in range(20):
             manager.refresh()
         assert warnings() == (1, 1)
-        now = time.monotonic()
-        monkeypatch.setattr(time, "monotonic", lambda: now + NO_VERSIONS_WARNING_SECONDS)
+        # As if the interval had passed since the warnings (the clock itself is the whole process's).
+        warned_at = manager._no_versions_warned_at
+        manager._no_versions_warned_at = {k: v - NO_VERSIONS_WARNING_SECONDS for k, v in warned_at.items()}
         for _ in range(20):
             manager.refresh()
         assert warnings() == (2, 2)  # said again once the interval has passed, still once per interval

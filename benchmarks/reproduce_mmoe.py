@@ -67,7 +67,7 @@ flags.DEFINE_string("data_dir", "../shared/data/census-income", "Directory of th
 flags.DEFINE_integer("batch_size", 256, "Batch size of every run.")
 flags.DEFINE_integer("workers", 2, "Parallel runs, one thread each (the machine's cores).")
 flags.DEFINE_string("output", "benchmarks/results/reproduce_mmoe.json", "Every run's results (resumable).")
-flags.DEFINE_string("plots_dir", "docs", "Where the PNGs and the markdown tables go.")
+flags.DEFINE_string("plots_dir", "docs", "Where the PNGs go (the markdown tables go beside --output).")
 flags.DEFINE_boolean("report_only", False, "Only redraw the tables and plots from --output.")
 FLAGS = flags.FLAGS
 
@@ -436,7 +436,8 @@ def draw(results: dict[str, Any], plots_dir: Path) -> list[Path]:
     return paths
 
 
-def report(results: dict[str, Any], plots_dir: Path) -> Path:
+def report(results: dict[str, Any], tables_dir: Path, plots_dir: Path) -> Path:
+    """Writes the tables (markdown, beside the results) and the plots; returns the tables' path."""
     plots_dir.mkdir(parents=True, exist_ok=True)
     seconds = sum(r["seconds"] for r in results.values())
     lines = [
@@ -450,7 +451,7 @@ def report(results: dict[str, Any], plots_dir: Path) -> Path:
         "",
         f"{len(results)} runs, {seconds / 3600:.1f} run-hours.",
     ]
-    tables = plots_dir / TABLES_FILE
+    tables = tables_dir / TABLES_FILE
     tables.write_text("\n".join(lines) + "\n")
     for path in [tables, *draw(results, plots_dir)]:
         print(f"Wrote {path}", file=sys.stderr)
@@ -464,7 +465,7 @@ def main(argv: list[str]) -> None:
         results = json.loads(output.read_text())
     else:
         results = execute(planned_runs(), output, FLAGS.workers)
-    print(report(results, Path(FLAGS.plots_dir)).read_text())
+    print(report(results, output.parent, Path(FLAGS.plots_dir)).read_text())
 
 
 if __name__ == "__main__":

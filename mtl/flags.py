@@ -328,7 +328,8 @@ flags.DEFINE_integer(
 flags.DEFINE_integer(
     "tensorflow_session_parallelism",
     0,
-    "serve: both of the above, when neither is given (0: TensorFlow picks).",
+    "serve: threads of both TensorFlow pools when --tensorflow_intra_op_parallelism and "
+    "--tensorflow_inter_op_parallelism are 0 (0: TensorFlow picks).",
 )
 # tensorflow_model_server flags a deployment passes that change nothing here, accepted with a warning, with
 # tensorflow_model_server's defaults (its thread counts default to four per core).

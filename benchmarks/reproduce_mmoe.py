@@ -67,14 +67,13 @@ flags.DEFINE_string("data_dir", "../shared/data/census-income", "Directory of th
 flags.DEFINE_integer("batch_size", 256, "Batch size of every run.")
 flags.DEFINE_integer("workers", 2, "Parallel runs, one thread each (the machine's cores).")
 flags.DEFINE_string("output", "benchmarks/results/reproduce_mmoe.json", "Every run's results (resumable).")
-flags.DEFINE_string("plots_dir", "docs", "Where the PNGs go (the markdown tables go beside --output).")
+flags.DEFINE_string(
+    "plots_dir", "docs", "Where the PNGs go (named after --output, as are the tables beside it)."
+)
 flags.DEFINE_boolean("report_only", False, "Only redraw the tables and plots from --output.")
 FLAGS = flags.FLAGS
 
 SIZES = {"num_experts": 8, "expert_units": (16,), "bottom_units": (113,), "tower_units": (8,)}
-TABLES_FILE = "reproduction_tables.md"
-
-
 # -- one run (in a worker process) ------------------------------------------------------------------------
 
 
@@ -297,10 +296,21 @@ def _final_losses(runs: list[dict[str, Any]], p: float, model: str) -> dict[int,
     }
 
 
+def _synthetic_pairs() -> list[tuple[str, str]]:
+    """The paired comparisons: every model against shared-bottom, and MMoE against OMoE (the paper's two
+    orderings)."""
+    pairs = [(model, "shared_bottom") for model in FLAGS.models if model != "shared_bottom"]
+    return pairs + [("mmoe", "omoe")]
+
+
 def synthetic_tables(results: dict[str, Any]) -> Iterator[str]:
-    """Per task correlation and model, the final losses over seeds; then each model against shared-bottom,
-    paired by seed (a seed draws the same tasks and data for every model, so pairing removes their spread)."""
+    """The settings; per task correlation and model, the final losses over seeds; then model pairs, paired
+    by seed (a seed draws the same tasks and data for every model, so pairing removes their spread)."""
     runs = [r for r in results.values() if r["experiment"] == "synthetic"]
+    settings = sorted({(r["c"], r["m"], r["examples"], r["steps"]) for r in runs})
+    for c, m, examples, steps in settings:
+        yield f"Data and training: c = {c}, m = {m}, {examples} training examples, {steps} steps."
+    yield ""
     yield "| p | model | runs | final eval loss, mean [95% interval] | median | best | std |"
     yield "| --- | --- | --- | --- | --- | --- | --- |"
     for p in sorted({r["p"] for r in runs}):
@@ -313,17 +323,16 @@ def synthetic_tables(results: dict[str, Any]) -> Iterator[str]:
                     f"{s['median']:.5f} | {s['best']:.5f} | {s['std']:.5f} |"
                 )
     yield ""
-    yield "| p | model - shared_bottom | runs | mean difference [95% interval] | p-value (sign flips) |"
+    yield "| p | difference | runs | mean difference [95% interval] | p-value (sign flips) |"
     yield "| --- | --- | --- | --- | --- |"
     for p in sorted({r["p"] for r in runs}):
-        baseline = _final_losses(runs, p, "shared_bottom")
-        for model in FLAGS.models:
-            mine = _final_losses(runs, p, model)
-            if model != "shared_bottom" and set(mine) & set(baseline):
-                d = paired_difference(mine, baseline)
+        for model, baseline in _synthetic_pairs():
+            mine, theirs = _final_losses(runs, p, model), _final_losses(runs, p, baseline)
+            if set(mine) & set(theirs):
+                d = paired_difference(mine, theirs)
                 yield (
-                    f"| {p} | {model} | {d['runs']} | {d['mean']:+.5f} [{d['low']:+.5f}, {d['high']:+.5f}] | "
-                    f"{d['p_value']:.3f} |"
+                    f"| {p} | {model} - {baseline} | {d['runs']} | {d['mean']:+.5f} "
+                    f"[{d['low']:+.5f}, {d['high']:+.5f}] | {d['p_value']:.3f} |"
                 )
 
 
@@ -355,9 +364,9 @@ def census_tables(results: dict[str, Any]) -> Iterator[str]:
                 )
 
 
-def draw(results: dict[str, Any], plots_dir: Path) -> list[Path]:
+def draw(results: dict[str, Any], plots_dir: Path, name: str) -> list[Path]:
     """The paper's Figure 4 (eval loss along training, mean and a 95% band over seeds), Figure 5 (the
-    final losses over seeds) and MMoE's gate weights per task correlation."""
+    final losses over seeds) and MMoE's gate weights per task correlation, as `<name>_<plot>.png`."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -387,7 +396,7 @@ def draw(results: dict[str, Any], plots_dir: Path) -> list[Path]:
     axes[0][0].set_ylabel("eval loss (y1 + y2)")
     axes[0][-1].legend()
     figure.tight_layout()
-    paths.append(plots_dir / "reproduction_curves.png")
+    paths.append(plots_dir / f"{name}_curves.png")
     figure.savefig(paths[-1], dpi=110)
     plt.close(figure)
 
@@ -409,7 +418,7 @@ def draw(results: dict[str, Any], plots_dir: Path) -> list[Path]:
     axes[0][0].set_ylabel("runs")
     axes[0][-1].legend()
     figure.tight_layout()
-    paths.append(plots_dir / "reproduction_final_losses.png")
+    paths.append(plots_dir / f"{name}_final_losses.png")
     figure.savefig(paths[-1], dpi=110)
     plt.close(figure)
 
@@ -430,14 +439,15 @@ def draw(results: dict[str, Any], plots_dir: Path) -> list[Path]:
             axis.set_xlabel("expert (by y1's weight)")
             axis.set_title(f"MMoE gates, p = {p}")
         figure.colorbar(image, ax=axes[0].tolist())
-        paths.append(plots_dir / "reproduction_gates.png")
+        paths.append(plots_dir / f"{name}_gates.png")
         figure.savefig(paths[-1], dpi=110)
         plt.close(figure)
     return paths
 
 
-def report(results: dict[str, Any], tables_dir: Path, plots_dir: Path) -> Path:
-    """Writes the tables (markdown, beside the results) and the plots; returns the tables' path."""
+def report(results: dict[str, Any], output: Path, plots_dir: Path) -> Path:
+    """Writes the tables (markdown, beside the results `output`) and the plots, named after `output` so
+    reproductions of other settings do not overwrite each other; returns the tables' path."""
     plots_dir.mkdir(parents=True, exist_ok=True)
     seconds = sum(r["seconds"] for r in results.values())
     lines = [
@@ -451,9 +461,9 @@ def report(results: dict[str, Any], tables_dir: Path, plots_dir: Path) -> Path:
         "",
         f"{len(results)} runs, {seconds / 3600:.1f} run-hours.",
     ]
-    tables = tables_dir / TABLES_FILE
+    tables = output.with_name(f"{output.stem}_tables.md")
     tables.write_text("\n".join(lines) + "\n")
-    for path in [tables, *draw(results, plots_dir)]:
+    for path in [tables, *draw(results, plots_dir, output.stem)]:
         print(f"Wrote {path}", file=sys.stderr)
     return tables
 
@@ -465,7 +475,7 @@ def main(argv: list[str]) -> None:
         results = json.loads(output.read_text())
     else:
         results = execute(planned_runs(), output, FLAGS.workers)
-    print(report(results, output.parent, Path(FLAGS.plots_dir)).read_text())
+    print(report(results, output, Path(FLAGS.plots_dir)).read_text())
 
 
 if __name__ == "__main__":

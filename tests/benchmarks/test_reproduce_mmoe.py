@@ -46,12 +46,13 @@ def test_a_tiny_synthetic_sweep_writes_results_and_plots_and_resumes(tmp_path):
     assert mmoe["steps_evaluated"] == [10, 20] and len(mmoe["eval_loss"]["y1"]) == 2
     np.testing.assert_allclose([sum(w) for w in mmoe["gate_weights"].values()], [1.0, 1.0], rtol=1e-5)
     assert runs["synthetic/p=0.5/shared_bottom/1"]["gate_weights"] is None
-    for picture in ("reproduction_curves.png", "reproduction_final_losses.png", "reproduction_gates.png"):
+    for picture in ("runs_curves.png", "runs_final_losses.png", "runs_gates.png"):  # named after the output
         assert (tmp_path / picture).read_bytes()[:4] == b"\x89PNG"
-    tables = (tmp_path / "reproduction_tables.md").read_text()
+    tables = (tmp_path / "runs_tables.md").read_text()
     assert "| 0.5 | mmoe | 2 |" in tables and "| 0.5 | shared_bottom | 2 |" in tables
-    paired = tables.split("| model - shared_bottom |")[1]  # each model against shared-bottom, by seed
-    assert "| 0.5 | mmoe | 2 |" in paired and "shared_bottom |" not in paired.split("## Census")[0]
+    assert "c = 0.3, m = 5, 500 training examples, 20 steps" in tables
+    paired = tables.split("| difference |")[1].split("## Census")[0]  # pairs of models, by seed
+    assert "| 0.5 | mmoe - shared_bottom | 2 |" in paired and "omoe" not in paired  # no OMoE runs
 
     again = _reproduce(tmp_path, *flags, "--seeds=3")  # one more seed: only the new runs train
     assert again.returncode == 0, again.stderr
@@ -78,4 +79,4 @@ def test_a_tiny_census_comparison_reports_test_aucs_and_the_paired_difference(tm
     assert result.returncode == 0, result.stderr
     runs = json.loads((tmp_path / "runs.json").read_text())
     assert sorted(runs["census/group=1/mmoe/1"]["test_auc"]) == ["income", "marital"]
-    assert "| 1 | MMoE - shared-bottom | income | 2 |" in (tmp_path / "reproduction_tables.md").read_text()
+    assert "| 1 | MMoE - shared-bottom | income | 2 |" in (tmp_path / "runs_tables.md").read_text()

@@ -74,6 +74,8 @@ flags.DEFINE_boolean("report_only", False, "Only redraw the tables and plots fro
 FLAGS = flags.FLAGS
 
 SIZES = {"num_experts": 8, "expert_units": (16,), "bottom_units": (113,), "tower_units": (8,)}
+
+
 # -- one run (in a worker process) ------------------------------------------------------------------------
 
 

@@ -272,6 +272,11 @@ def paired_difference(a: dict[int, float], b: dict[int, float], seed: int = 0) -
     }
 
 
+def format_p_value(p_value: float) -> str:
+    """Three decimals, or `< 0.001` below what three decimals can show."""
+    return "< 0.001" if p_value < 0.001 else f"{p_value:.3f}"
+
+
 def summarise(values: list[float]) -> dict[str, float]:
     array = np.asarray(values, np.float64)
     low, high = interval95(array)
@@ -334,7 +339,7 @@ def synthetic_tables(results: dict[str, Any]) -> Iterator[str]:
                 d = paired_difference(mine, theirs)
                 yield (
                     f"| {p} | {model} - {baseline} | {d['runs']} | {d['mean']:+.5f} "
-                    f"[{d['low']:+.5f}, {d['high']:+.5f}] | {d['p_value']:.3f} |"
+                    f"[{d['low']:+.5f}, {d['high']:+.5f}] | {format_p_value(d['p_value'])} |"
                 )
 
 
@@ -362,7 +367,7 @@ def census_tables(results: dict[str, Any]) -> Iterator[str]:
                 d = paired_difference(by_seed["mmoe"], by_seed["shared_bottom"])
                 yield (
                     f"| {group} | MMoE - shared-bottom | {task} | {d['runs']} | | {d['mean']:+.4f} "
-                    f"[{d['low']:+.4f}, {d['high']:+.4f}], p = {d['p_value']:.3f} |"
+                    f"[{d['low']:+.4f}, {d['high']:+.4f}], p = {format_p_value(d['p_value'])} |"
                 )
 
 
@@ -452,17 +457,13 @@ def report(results: dict[str, Any], output: Path, plots_dir: Path) -> Path:
     reproductions of other settings do not overwrite each other; returns the tables' path."""
     plots_dir.mkdir(parents=True, exist_ok=True)
     seconds = sum(r["seconds"] for r in results.values())
-    lines = [
-        "## Synthetic data: final eval loss (y1 + y2)",
-        "",
-        *synthetic_tables(results),
-        "",
-        "## Census-income: test AUC",
-        "",
-        *census_tables(results),
-        "",
-        f"{len(results)} runs, {seconds / 3600:.1f} run-hours.",
-    ]
+    experiments = {r["experiment"] for r in results.values()}
+    lines = []
+    if "synthetic" in experiments:
+        lines += ["## Synthetic data: final eval loss (y1 + y2)", "", *synthetic_tables(results), ""]
+    if "census" in experiments:
+        lines += ["## Census-income: test AUC", "", *census_tables(results), ""]
+    lines.append(f"{len(results)} runs, {seconds / 3600:.1f} run-hours.")
     tables = output.with_name(f"{output.stem}_tables.md")
     tables.write_text("\n".join(lines) + "\n")
     for path in [tables, *draw(results, plots_dir, output.stem)]:

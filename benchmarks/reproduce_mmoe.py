@@ -18,7 +18,6 @@ reproduction resumes where it stopped. `--report_only` redraws the tables and pl
 from __future__ import annotations
 
 import json
-import math
 import multiprocessing
 import os
 import sys
@@ -254,6 +253,15 @@ def interval95(values: np.ndarray, seed: int = 0) -> tuple[float, float]:
     return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
+def curve_interval95(curves: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A 95% percentile-bootstrap band of the mean curve over runs (rows), step by step; unlike mean
+    +- 1.96 standard errors it stays positive, so it can be drawn on a log scale when a few runs are far
+    worse than the rest."""
+    rng = np.random.default_rng(seed)
+    means = curves[rng.integers(len(curves), size=(2_000, len(curves)))].mean(axis=1)
+    return np.percentile(means, 2.5, axis=0), np.percentile(means, 97.5, axis=0)
+
+
 def paired_difference(a: dict[int, float], b: dict[int, float], seed: int = 0) -> dict[str, float]:
     """`a - b` over the seeds both have: mean, 95% bootstrap interval, and the two-sided p-value of a
     sign-flip permutation test (whether the difference could be chance)."""
@@ -341,6 +349,28 @@ def synthetic_tables(results: dict[str, Any]) -> Iterator[str]:
                     f"| {p} | {model} - {baseline} | {d['runs']} | {d['mean']:+.5f} "
                     f"[{d['low']:+.5f}, {d['high']:+.5f}] | {format_p_value(d['p_value'])} |"
                 )
+    yield ""
+    yield from gate_table(runs)
+
+
+def gate_table(runs: list[dict[str, Any]]) -> Iterator[str]:
+    """How differently MMoE's two gates weigh the experts, per task correlation: the total-variation
+    distance between y1's and y2's mean gate weights (0 when both tasks use the same mixture, 1 when they
+    use disjoint experts), and how peaked a gate is (its largest weight; 1/experts when uniform)."""
+    mmoe = [r for r in runs if r["model"] == "mmoe" and r["gate_weights"]]
+    if not mmoe:
+        return
+    yield "| p | MMoE runs | gate distance y1-y2, mean [95% interval] | largest gate weight, mean |"
+    yield "| --- | --- | --- | --- |"
+    for p in sorted({r["p"] for r in mmoe}):
+        gates = [{t: np.asarray(w) for t, w in r["gate_weights"].items()} for r in mmoe if r["p"] == p]
+        distances = np.array([0.5 * np.abs(g["y1"] - g["y2"]).sum() for g in gates])
+        largest = np.mean([g[t].max() for g in gates for t in ("y1", "y2")])
+        low, high = interval95(distances)
+        yield (
+            f"| {p} | {len(gates)} | {distances.mean():.3f} [{low:.3f}, {high:.3f}] | {largest:.3f} "
+            f"(uniform: {1 / len(gates[0]['y1']):.3f}) |"
+        )
 
 
 def census_tables(results: dict[str, Any]) -> Iterator[str]:
@@ -391,14 +421,12 @@ def draw(results: dict[str, Any], plots_dir: Path, name: str) -> list[Path]:
             mine = [r for r in runs if (r["p"], r["model"]) == (p, model)]
             if not mine:
                 continue
-            steps = mine[0]["steps_evaluated"]
+            thousands = np.asarray(mine[0]["steps_evaluated"]) / 1000
             curves = np.array([np.add(r["eval_loss"]["y1"], r["eval_loss"]["y2"]) for r in mine])
-            mean = curves.mean(axis=0)
-            half = 1.96 * curves.std(axis=0, ddof=1) / math.sqrt(len(mine)) if len(mine) > 1 else 0 * mean
-            axis.plot(steps, mean, label=model)
-            axis.fill_between(steps, mean - half, mean + half, alpha=0.2)
+            axis.plot(thousands, curves.mean(axis=0), label=model)
+            axis.fill_between(thousands, *curve_interval95(curves), alpha=0.2)
         axis.set_title(f"p = {p}")
-        axis.set_xlabel("training step")
+        axis.set_xlabel("training step (thousands)")
         axis.set_yscale("log")
     axes[0][0].set_ylabel("eval loss (y1 + y2)")
     axes[0][-1].legend()
@@ -417,9 +445,12 @@ def draw(results: dict[str, Any], plots_dir: Path, name: str) -> list[Path]:
             ]
             for model in models
         }
-        bins = np.histogram_bin_edges(np.concatenate([v for v in finals.values() if v]), bins=15)
+        # Log-spaced bins: a few runs end orders of magnitude worse than the rest.
+        pooled = np.concatenate([v for v in finals.values() if v])
+        bins = np.geomspace(pooled.min(), pooled.max(), 16)
         for model, values in finals.items():
-            axis.hist(values, bins=bins, alpha=0.5, label=model)
+            axis.hist(values, bins=bins, histtype="step", linewidth=1.5, label=model)
+        axis.set_xscale("log")
         axis.set_title(f"p = {p}")
         axis.set_xlabel("final eval loss (y1 + y2)")
     axes[0][0].set_ylabel("runs")

@@ -51,6 +51,8 @@ def test_a_tiny_synthetic_sweep_writes_results_and_plots_and_resumes(tmp_path):
     tables = (tmp_path / "runs_tables.md").read_text()
     assert "| 0.5 | mmoe | 2 |" in tables and "| 0.5 | shared_bottom | 2 |" in tables
     assert "c = 0.3, m = 5, 500 training examples, 20 steps" in tables
+    gates = tables.split("| gate distance y1-y2, mean [95% interval] |")[1]  # MMoE's two gates compared
+    assert gates.splitlines()[2].startswith("| 0.5 | 2 | 0.")
     assert "## Census" not in tables  # only the experiments that ran
     paired = tables.split("| difference |")[1]  # pairs of models, by seed
     assert "| 0.5 | mmoe - shared_bottom | 2 |" in paired and "omoe" not in paired  # no OMoE runs

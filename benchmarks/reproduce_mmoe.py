@@ -99,8 +99,8 @@ def _experiment(spec: dict[str, Any], data_config: DataConfig, features: Any, ta
     return ExperimentConfig(model=model, data=data_config, train=train)
 
 
-def _synthetic_run(spec: dict[str, Any]) -> dict[str, Any]:
-    synthetic_config = SyntheticDataConfig(
+def _synthetic_config(spec: dict[str, Any]) -> SyntheticDataConfig:
+    return SyntheticDataConfig(
         num_examples=spec["examples"],
         eval_examples=spec["examples"] // 5,
         p=spec["p"],
@@ -108,6 +108,10 @@ def _synthetic_run(spec: dict[str, Any]) -> dict[str, Any]:
         m=spec["m"],
         seed=spec["seed"],
     )
+
+
+def _synthetic_run(spec: dict[str, Any]) -> dict[str, Any]:
+    synthetic_config = _synthetic_config(spec)
     tasks = (TaskConfig("y1", "y1"), TaskConfig("y2", "y2"))
     config = _experiment(
         spec, DataConfig(synthetic=synthetic_config), synthetic.features(synthetic_config), tasks
@@ -351,6 +355,37 @@ def synthetic_tables(results: dict[str, Any]) -> Iterator[str]:
                 )
     yield ""
     yield from gate_table(runs)
+    yield ""
+    yield from difficulty_table(runs)
+
+
+def _task_difficulty(config: SyntheticDataConfig) -> tuple[float, float, float]:
+    """The labels' correlation on the training split; the eval labels' variance (y1 + y2), which is the
+    loss of predicting their mean; and the eval loss (y1 + y2) of a linear least-squares fit on the training
+    split. Beside the models' final losses they show how much of the tasks is beyond a linear model."""
+    (train_x, train_y), (eval_x, eval_y) = (synthetic.generate(config, s) for s in ("train", "eval"))
+    design = np.c_[train_x["inputs"], np.ones(len(train_x["inputs"]))]
+    eval_design = np.c_[eval_x["inputs"], np.ones(len(eval_x["inputs"]))]
+    variance = linear_loss = 0.0
+    for task in ("y1", "y2"):
+        coefficients = np.linalg.lstsq(design, train_y[task], rcond=None)[0]
+        linear_loss += float(np.mean((eval_y[task] - eval_design @ coefficients) ** 2))
+        variance += float(eval_y[task].var())
+    return float(np.corrcoef(train_y["y1"], train_y["y2"])[0, 1]), variance, linear_loss
+
+
+def difficulty_table(runs: list[dict[str, Any]], seeds: int = 5) -> Iterator[str]:
+    """Per task correlation, the data's own difficulty (see `_task_difficulty`), averaged over seeds 1 to
+    `seeds`."""
+    yield "| p | data of seeds | label correlation | label variance, y1 + y2 | a linear fit's eval loss |"
+    yield "| --- | --- | --- | --- | --- |"
+    for p in sorted({r["p"] for r in runs}):
+        run = next(r for r in runs if r["p"] == p)
+        correlation, variance, linear_loss = np.mean(
+            [_task_difficulty(_synthetic_config({**run, "seed": seed})) for seed in range(1, seeds + 1)],
+            axis=0,
+        )
+        yield f"| {p} | 1-{seeds} | {correlation:.3f} | {variance:.3f} | {linear_loss:.3f} |"
 
 
 def gate_table(runs: list[dict[str, Any]]) -> Iterator[str]:

@@ -53,6 +53,9 @@ def test_a_tiny_synthetic_sweep_writes_results_and_plots_and_resumes(tmp_path):
     assert "c = 0.3, m = 5, 500 training examples, 20 steps" in tables
     gates = tables.split("| gate distance y1-y2, mean [95% interval] |")[1]  # MMoE's two gates compared
     assert gates.splitlines()[2].startswith("| 0.5 | 2 | 0.")
+    difficulty = tables.split("| a linear fit's eval loss |")[1].splitlines()[2]  # the data, not a model
+    correlation, variance, linear_loss = (float(v) for v in difficulty.strip("|").split("|")[2:])
+    assert 0.3 < correlation < 0.6 and 0 < linear_loss < variance  # p = 0.5; a linear fit explains some
     assert "## Census" not in tables  # only the experiments that ran
     paired = tables.split("| difference |")[1]  # pairs of models, by seed
     assert "| 0.5 | mmoe - shared_bottom | 2 |" in paired and "omoe" not in paired  # no OMoE runs

@@ -59,6 +59,13 @@ def test_a_tiny_synthetic_sweep_writes_results_and_plots_and_resumes(tmp_path):
     assert "## Census" not in tables  # only the experiments that ran
     paired = tables.split("| difference |")[1]  # pairs of models, by seed
     assert "| 0.5 | mmoe - shared_bottom | 2 |" in paired and "omoe" not in paired  # no OMoE runs
+    row = next(line for line in paired.splitlines() if "| mmoe - shared_bottom |" in line).strip("|")
+    final = {k: sum(r["eval_loss"][t][-1] for t in ("y1", "y2")) for k, r in runs.items()}
+    ratios = [
+        final[f"synthetic/p=0.5/mmoe/{s}"] / final[f"synthetic/p=0.5/shared_bottom/{s}"] for s in (1, 2)
+    ]
+    assert row.split("|")[5].split()[0] == f"{np.sqrt(np.prod(ratios)):.2f}"  # geometric mean over seeds
+    assert row.split("|")[7].strip() == f"{sum(r < 1 for r in ratios)} of 2"
 
     again = _reproduce(tmp_path, *flags, "--seeds=3")  # one more seed: only the new runs train
     assert again.returncode == 0, again.stderr

@@ -13,6 +13,8 @@ reproduction resumes where it stopped. `--report_only` redraws the tables and pl
 
     .venv/bin/python benchmarks/reproduce_mmoe.py --seeds=20 --census_seeds=10 \\
         --data_dir=../shared/data/census-income
+
+Raising `--seeds` later adds only the new seeds; `docs/reproduction.md` lists the commands of its figures.
 """
 
 from __future__ import annotations
@@ -511,7 +513,9 @@ def draw(results: dict[str, Any], plots_dir: Path, name: str) -> list[Path]:
 
     mmoe = [r for r in runs if r["model"] == "mmoe" and r["gate_weights"]]
     if mmoe:
-        figure, axes = plt.subplots(1, len(ps), figsize=(4.5 * len(ps), 2.4), squeeze=False)
+        figure, axes = plt.subplots(
+            1, len(ps), figsize=(4.5 * len(ps), 2.6), squeeze=False, layout="constrained"
+        )
         for axis, p in zip(axes[0], ps, strict=True):
             mine = [r for r in mmoe if r["p"] == p]
             if not mine:

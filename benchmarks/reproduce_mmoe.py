@@ -446,9 +446,11 @@ def census_tables(results: dict[str, Any]) -> Iterator[str]:
             }
             if all(by_seed.values()):
                 d = paired_difference(by_seed["mmoe"], by_seed["shared_bottom"])
+                p_value = format_p_value(d["p_value"])
+                p_value = p_value if p_value.startswith("<") else f"= {p_value}"
                 yield (
                     f"| {group} | MMoE - shared-bottom | {task} | {d['runs']} | | {d['mean']:+.4f} "
-                    f"[{d['low']:+.4f}, {d['high']:+.4f}], p = {format_p_value(d['p_value'])} |"
+                    f"[{d['low']:+.4f}, {d['high']:+.4f}], p {p_value} |"
                 )
 
 
@@ -499,12 +501,15 @@ def draw(results: dict[str, Any], plots_dir: Path, name: str) -> list[Path]:
         # Log-spaced bins: a few runs end orders of magnitude worse than the rest.
         pooled = np.concatenate([v for v in finals.values() if v])
         bins = np.geomspace(pooled.min(), pooled.max(), 16)
+        # Shares, not counts: models can have different numbers of runs.
         for model, values in finals.items():
-            axis.hist(values, bins=bins, histtype="step", linewidth=1.5, label=model)
+            if values:
+                weights = np.full(len(values), 1 / len(values))
+                axis.hist(values, bins=bins, weights=weights, histtype="step", linewidth=1.5, label=model)
         axis.set_xscale("log")
         axis.set_title(f"p = {p}")
         axis.set_xlabel("final eval loss (y1 + y2)")
-    axes[0][0].set_ylabel("runs")
+    axes[0][0].set_ylabel("share of runs")
     axes[0][-1].legend()
     figure.tight_layout()
     paths.append(plots_dir / f"{name}_final_losses.png")

@@ -93,4 +93,17 @@ def test_a_tiny_census_comparison_reports_test_aucs_and_the_paired_difference(tm
     runs = json.loads((tmp_path / "runs.json").read_text())
     assert sorted(runs["census/group=1/mmoe/1"]["test_auc"]) == ["income", "marital"]
     tables = (tmp_path / "runs_tables.md").read_text()
-    assert "| 1 | MMoE - shared-bottom | income | 2 |" in tables and "## Synthetic" not in tables
+    difference = np.mean(
+        [
+            runs[f"census/group=1/mmoe/{seed}"]["test_auc"]["income"]
+            - runs[f"census/group=1/shared_bottom/{seed}"]["test_auc"]["income"]
+            for seed in (1, 2)
+        ]
+    )
+    line = next(
+        line for line in tables.splitlines() if line.startswith("| 1 | MMoE - shared-bottom | income | 2 |")
+    )
+    # Two seeds give four sign flips, so the p-value is 0.5 or 1.
+    assert line.startswith(f"| 1 | MMoE - shared-bottom | income | 2 | | {difference:+.4f} [")
+    assert line.endswith(("p = 0.500 |", "p = 1.000 |")), line
+    assert "## Synthetic" not in tables

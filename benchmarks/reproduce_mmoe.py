@@ -318,6 +318,16 @@ def _final_losses(runs: list[dict[str, Any]], p: float, model: str) -> dict[int,
     }
 
 
+def _last_quarter_fall(run: dict[str, Any]) -> float:
+    """How much the run's eval loss (y1 + y2) still fell over (about) the last quarter of its training, from
+    the last evaluation at three quarters or before, as a share of where it stood: near 0 when training has
+    converged."""
+    steps = run["steps_evaluated"]
+    start = max((i for i, step in enumerate(steps) if step <= 0.75 * steps[-1]), default=len(steps) - 1)
+    total = [sum(run["eval_loss"][t][i] for t in ("y1", "y2")) for i in (start, -1)]
+    return 1 - total[1] / total[0]
+
+
 def _synthetic_pairs() -> list[tuple[str, str]]:
     """The paired comparisons: every model against shared-bottom, and MMoE against OMoE (the paper's two
     orderings)."""
@@ -333,16 +343,22 @@ def synthetic_tables(results: dict[str, Any]) -> Iterator[str]:
     for c, m, examples, steps in settings:
         yield f"Data and training: c = {c}, m = {m}, {examples} training examples, {steps} steps."
     yield ""
-    yield "| p | model | runs | final eval loss, mean [95% interval] | median | best | std |"
-    yield "| --- | --- | --- | --- | --- | --- | --- |"
+    yield (
+        "| p | model | runs | final eval loss, mean [95% interval] | median | best | worst (seed) | std "
+        "| fall over the last quarter, median |"
+    )
+    yield "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
     for p in sorted({r["p"] for r in runs}):
         for model in FLAGS.models:
-            finals = list(_final_losses(runs, p, model).values())
+            finals = _final_losses(runs, p, model)
             if finals:
-                s = summarise(finals)
+                s = summarise(list(finals.values()))
+                worst = max(finals, key=finals.get)
+                fall = np.median([_last_quarter_fall(r) for r in runs if (r["p"], r["model"]) == (p, model)])
                 yield (
                     f"| {p} | {model} | {s['runs']} | {s['mean']:.5f} [{s['low']:.5f}, {s['high']:.5f}] | "
-                    f"{s['median']:.5f} | {s['best']:.5f} | {s['std']:.5f} |"
+                    f"{s['median']:.5f} | {s['best']:.5f} | {finals[worst]:.5f} ({worst}) | {s['std']:.5f} "
+                    f"| {fall:.1%} |"
                 )
     yield ""
     # Means follow the few worst seeds; the ratio of losses (a mean of log differences) and the share of
@@ -553,6 +569,13 @@ def report(results: dict[str, Any], output: Path, plots_dir: Path) -> Path:
     if "census" in experiments:
         lines += ["## Census-income: test AUC", "", *census_tables(results), ""]
     lines.append(f"{len(results)} runs, {seconds / 3600:.1f} run-hours.")
+    for experiment in sorted(experiments):
+        seconds_of: dict[str, list[float]] = {}
+        for r in results.values():
+            if r["experiment"] == experiment:
+                seconds_of.setdefault(r["model"], []).append(r["seconds"])
+        medians = ", ".join(f"{m} {np.median(seconds_of[m]):.0f}" for m in FLAGS.models if m in seconds_of)
+        lines.append(f"Median seconds per {experiment} run: {medians}.")
     tables = output.with_name(f"{output.stem}_tables.md")
     tables.write_text("\n".join(lines) + "\n")
     for path in [tables, *draw(results, plots_dir, output.stem)]:

@@ -66,6 +66,14 @@ def test_a_tiny_synthetic_sweep_writes_results_and_plots_and_resumes(tmp_path):
     ]
     assert row.split("|")[5].split()[0] == f"{np.sqrt(np.prod(ratios)):.2f}"  # geometric mean over seeds
     assert row.split("|")[7].strip() == f"{sum(r < 1 for r in ratios)} of 2"
+    worst = max((1, 2), key=lambda s: final[f"synthetic/p=0.5/mmoe/{s}"])
+    mmoe_row = next(line for line in tables.splitlines() if line.startswith("| 0.5 | mmoe | 2 |"))
+    assert f"| {final[f'synthetic/p=0.5/mmoe/{worst}']:.5f} ({worst}) |" in mmoe_row
+    totals = [
+        np.add(*(runs[f"synthetic/p=0.5/mmoe/{s}"]["eval_loss"][t] for t in ("y1", "y2"))) for s in (1, 2)
+    ]
+    fall = np.median([1 - total[-1] / total[0] for total in totals])  # evaluated at steps 10 and 20
+    assert mmoe_row.endswith(f"| {fall:.1%} |") and fall > 0  # the loss still falls this early
 
     again = _reproduce(tmp_path, *flags, "--seeds=3")  # one more seed: only the new runs train
     assert again.returncode == 0, again.stderr
